@@ -1,0 +1,233 @@
+//! The extension point for fake-quantization arithmetic: a [`Kernel`] describes one quantizer's
+//! forward and straight-through backward on one *group* of elements (the whole tensor, or one
+//! output channel), and the drivers here run it over all groups, in parallel, with a fixed
+//! chunking so results do not depend on thread timing.
+//!
+//! Parameter gradients are accumulated in f64 per chunk of [`CHUNK`] elements and the chunk
+//! partials are added in chunk order: same input, same bits, whatever the thread count.
+
+use rayon::prelude::*;
+
+/// Elements per work item; fixed so that floating-point reductions are reproducible.
+pub const CHUNK: usize = 1 << 15;
+
+/// Round half to even for |v| < 2^22 (every quantizer rounds a clipped code, |v| ≤ 255):
+/// adding and subtracting 1.5·2^23 leaves the nearest integer under IEEE round-to-nearest-even.
+/// Unlike `f32::round_ties_even` it vectorises without SSE4.1. NaN stays NaN.
+#[inline(always)]
+pub fn rne(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// Clamp that propagates NaN (as `torch.clamp`): `lo` if v < lo, `hi` if v > hi, else v.
+#[inline(always)]
+pub fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// One quantizer's arithmetic on one group. See `docs/QUANTIZERS.md` for every method's formulas.
+pub trait Kernel: Send + Sync + std::fmt::Debug + 'static {
+    /// State computed once per group before the elementwise pass (statistics, thresholds).
+    type Ctx: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    /// Parameter names and widths per group, in packing order (`[("s", 1)]` for LSQ).
+    fn param_layout(&self) -> Vec<(&'static str, usize)>;
+
+    fn num_params(&self) -> usize {
+        self.param_layout().iter().map(|(_, w)| w).sum()
+    }
+
+    /// f64 accumulators one group's backward pass needs.
+    fn num_acc(&self) -> usize;
+
+    /// Checks one group's parameters; the message says what is wrong.
+    fn validate(&self, _p: &[f32]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Per-group state from the group's data `x` and parameters `p`.
+    fn prepare(&self, x: &[f32], p: &[f32]) -> Self::Ctx;
+
+    /// y = Q(x) on one chunk.
+    fn forward(&self, c: &Self::Ctx, x: &[f32], y: &mut [f32]);
+
+    /// On one chunk starting at element `offset` of its group: writes dL/dx into `gx` and adds
+    /// parameter-gradient partial sums into `acc`; may record element indices in `marks` for
+    /// [`Kernel::finish`] to revisit.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(&self, c: &Self::Ctx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], marks: &mut Vec<usize>, offset: usize);
+
+    /// After all chunks of a group: turns the summed accumulators into parameter gradients `gp`
+    /// and applies any group-level correction to `gx`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(&self, c: &Self::Ctx, x: &[f32], g: &[f32], acc: &[f64], marks: &[usize], gx: &mut [f32], gp: &mut [f32]);
+
+    /// Data-driven initial parameters of one group.
+    fn init(&self, x: &[f32]) -> Vec<f32>;
+
+    /// Parameters of one group before any data is seen.
+    fn default_params(&self) -> Vec<f32>;
+
+    /// The quantization step of one group in input units (Q-ADA's s_c), where the method has a
+    /// data-independent one.
+    fn step(&self, _p: &[f32]) -> Option<f32> {
+        None
+    }
+}
+
+/// Elementwise map + reduction into `A` sums, in 8 independent lanes so that the f64 sums
+/// vectorise without reassociation. `f(x, g) -> (dL/dx, [contribution to each sum])`.
+#[inline(always)]
+pub fn map_reduce<const A: usize>(x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], f: impl Fn(f32, f32) -> (f32, [f32; A])) {
+    let mut lanes = [[0f64; 8]; A];
+    let n8 = x.len() / 8 * 8;
+    for ((xc, gc), oc) in x[..n8].chunks_exact(8).zip(g[..n8].chunks_exact(8)).zip(gx[..n8].chunks_exact_mut(8)) {
+        for j in 0..8 {
+            let (d, c) = f(xc[j], gc[j]);
+            oc[j] = d;
+            for a in 0..A {
+                lanes[a][j] += c[a] as f64;
+            }
+        }
+    }
+    for i in n8..x.len() {
+        let (d, c) = f(x[i], g[i]);
+        gx[i] = d;
+        for a in 0..A {
+            lanes[a][0] += c[a] as f64;
+        }
+    }
+    for a in 0..A {
+        acc[a] += lanes[a].iter().sum::<f64>();
+    }
+}
+
+/// Sum of `f(x)` over a slice in f64, chunked for reproducibility and run in parallel.
+pub fn par_sum(x: &[f32], f: impl Fn(f32) -> f64 + Sync) -> f64 {
+    let parts: Vec<f64> = x.par_chunks(CHUNK).map(|c| c.iter().map(|v| f(*v)).sum::<f64>()).collect();
+    parts.iter().sum()
+}
+
+/// (min, max) of a slice, NaN-propagating, in parallel.
+pub fn par_min_max(x: &[f32]) -> (f32, f32) {
+    let parts: Vec<(f32, f32)> = x
+        .par_chunks(CHUNK)
+        .map(|c| {
+            c.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                if v.is_nan() || lo.is_nan() {
+                    (f32::NAN, f32::NAN)
+                } else {
+                    (lo.min(*v), hi.max(*v))
+                }
+            })
+        })
+        .collect();
+    parts.into_iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (a, b)| {
+        if a.is_nan() || lo.is_nan() {
+            (f32::NAN, f32::NAN)
+        } else {
+            (lo.min(a), hi.max(b))
+        }
+    })
+}
+
+/// Runs a kernel's forward over `groups` equal contiguous groups of `x`; `p` holds
+/// `groups × num_params` parameters.
+pub fn forward<K: Kernel>(k: &K, x: &[f32], p: &[f32], groups: usize) -> Vec<f32> {
+    let (gl, np) = (x.len() / groups, k.num_params());
+    let ctxs: Vec<K::Ctx> =
+        (0..groups).into_par_iter().map(|gi| k.prepare(&x[gi * gl..(gi + 1) * gl], &p[gi * np..(gi + 1) * np])).collect();
+    let mut y = vec![0f32; x.len()];
+    if gl == 0 {
+        return y;
+    }
+    y.par_chunks_mut(gl).zip(x.par_chunks(gl)).zip(ctxs.par_iter()).for_each(|((yg, xg), c)| {
+        yg.par_chunks_mut(CHUNK).zip(xg.par_chunks(CHUNK)).for_each(|(yc, xc)| k.forward(c, xc, yc));
+    });
+    y
+}
+
+/// Runs a kernel's backward: returns (dL/dx, dL/dp with `groups × num_params` entries).
+pub fn backward<K: Kernel>(k: &K, x: &[f32], p: &[f32], g: &[f32], groups: usize) -> (Vec<f32>, Vec<f32>) {
+    let (gl, np, na) = (x.len() / groups, k.num_params(), k.num_acc());
+    let mut gx = vec![0f32; x.len()];
+    let mut gp = vec![0f32; groups * np];
+    if gl == 0 {
+        return (gx, gp);
+    }
+    let gp_groups: Vec<&mut [f32]> = if np == 0 { (0..groups).map(|_| &mut [][..]).collect() } else { gp.chunks_mut(np).collect() };
+    let chunks: Vec<_> = gx.chunks_mut(gl).zip(gp_groups).enumerate().collect();
+    chunks.into_par_iter().for_each(|(gi, (gxg, gpg))| {
+        let xg = &x[gi * gl..(gi + 1) * gl];
+        let gg = &g[gi * gl..(gi + 1) * gl];
+        let c = k.prepare(xg, &p[gi * np..(gi + 1) * np]);
+        let parts: Vec<(Vec<f64>, Vec<usize>)> = gxg
+            .par_chunks_mut(CHUNK)
+            .zip(xg.par_chunks(CHUNK).zip(gg.par_chunks(CHUNK)))
+            .enumerate()
+            .map(|(ci, (gxc, (xc, gc)))| {
+                let mut acc = vec![0f64; na];
+                let mut marks = vec![];
+                k.backward(&c, xc, gc, gxc, &mut acc, &mut marks, ci * CHUNK);
+                (acc, marks)
+            })
+            .collect();
+        let mut acc = vec![0f64; na];
+        let mut marks = vec![];
+        for (a, m) in parts {
+            acc.iter_mut().zip(&a).for_each(|(s, v)| *s += v);
+            marks.extend(m);
+        }
+        k.finish(&c, xg, gg, &acc, &marks, gxg, gpg);
+    });
+    (gx, gp)
+}
+
+/// Data-driven initial parameters for every group (`groups × num_params`).
+pub fn init<K: Kernel>(k: &K, x: &[f32], groups: usize) -> Vec<f32> {
+    let gl = x.len() / groups;
+    (0..groups).into_par_iter().map(|gi| k.init(&x[gi * gl..(gi + 1) * gl])).collect::<Vec<_>>().concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rne_is_round_half_even() {
+        for (v, r) in [(0.5f32, 0.0f32), (1.5, 2.0), (2.5, 2.0), (-0.5, -0.0), (-1.5, -2.0), (3.49999, 3.0), (254.5, 254.0), (-128.0, -128.0)] {
+            assert_eq!(rne(v), r, "{v}");
+            assert_eq!(rne(v), v.round_ties_even(), "{v}");
+        }
+        assert!(rne(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn clamp_propagates_nan() {
+        assert!(clamp(f32::NAN, 0.0, 1.0).is_nan());
+        assert_eq!(clamp(-2.0, -1.0, 1.0), -1.0);
+        assert_eq!(clamp(2.0, -1.0, 1.0), 1.0);
+    }
+
+    #[test]
+    fn map_reduce_matches_serial() {
+        let x: Vec<f32> = (0..37).map(|i| i as f32 * 0.3 - 4.0).collect();
+        let g: Vec<f32> = (0..37).map(|i| (i % 5) as f32 - 2.0).collect();
+        let mut gx = vec![0f32; 37];
+        let mut acc = [0f64; 2];
+        map_reduce::<2>(&x, &g, &mut gx, &mut acc, |x, g| (x * g, [g, x * g]));
+        let s0: f64 = g.iter().map(|v| *v as f64).sum();
+        let s1: f64 = x.iter().zip(&g).map(|(a, b)| (a * b) as f64).sum();
+        assert!((acc[0] - s0).abs() < 1e-9 && (acc[1] - s1).abs() < 1e-9);
+        assert_eq!(gx[36], x[36] * g[36]);
+    }
+}

@@ -1,0 +1,292 @@
+//! N2UQ (Liu et al., CVPR 2022), following the official code (`LTQ`, `HardQuantizeConv`):
+//! - [`N2uqAct`]: activations with learned, non-uniform input thresholds and uniform output
+//!   levels; the generalized straight-through estimator (G-STE) back-propagates through a
+//!   piecewise-linear ramp whose segment lengths are the learned intervals `a`;
+//! - [`N2uqWeight`]: weights rescaled per output channel by the detached entropy-preserving
+//!   factor c = ((2^b−1)/2^(b−1))·mean|W|, clipped to [−1, 1], quantized to 2^b uniform levels
+//!   (no zero level), with the straight-through gradient dL/dW = dL/dy / c.
+
+use crate::kernel::{clamp, par_min_max, par_sum, rne, Kernel};
+
+/// Interval lengths below this are clamped (and get no gradient), as `LTQ.eps`.
+pub const EPS: f32 = 1e-3;
+
+/// How the activation quantizer's parameters start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum N2uqInit {
+    /// The official code: start 0, a_i = 2/n, scale1 = scale2 = 1 (inputs assumed in [0, 2]).
+    Official,
+    /// scale1 = 2/max(x), scale2 = max(x)/2: the identity on [0, max x] at the start.
+    Calibrated,
+}
+
+/// N2UQ activation quantizer; parameters `start`, `a` (n = 2^b − 1 values), `scale1`, `scale2`.
+#[derive(Clone, Debug)]
+pub struct N2uqAct {
+    pub bits: u32,
+    pub init: N2uqInit,
+}
+
+/// Sorted breakpoints with a bucket table for O(1) expected "how many are < v" queries.
+#[derive(Debug)]
+struct Breaks {
+    v: Vec<f32>,
+    lo: f32,
+    inv_w: f32,
+    first: Vec<u16>,
+}
+
+impl Breaks {
+    fn new(v: Vec<f32>) -> Self {
+        let (lo, hi) = (v[0], v[v.len() - 1]);
+        let nb = 4 * v.len();
+        let inv_w = if hi > lo { nb as f32 / (hi - lo) } else { 0.0 };
+        let first = (0..nb)
+            .map(|b| {
+                let edge = lo + b as f32 / inv_w.max(f32::MIN_POSITIVE);
+                v.partition_point(|t| *t < edge) as u16
+            })
+            .collect();
+        Self { v, lo, inv_w, first }
+    }
+
+    /// #{i : v_i < x}; exact whatever the bucket rounding (the loops fix the start up).
+    #[inline(always)]
+    fn count_less(&self, x: f32) -> usize {
+        let b = (((x - self.lo) * self.inv_w) as usize).min(self.first.len() - 1);
+        let mut k = self.first[b] as usize;
+        while k > 0 && self.v[k - 1] >= x {
+            k -= 1;
+        }
+        while k < self.v.len() && self.v[k] < x {
+            k += 1;
+        }
+        k
+    }
+}
+
+/// Per-call state of the activation quantizer: clamped intervals, thresholds, levels, bounds.
+#[derive(Debug)]
+pub struct N2uqCtx {
+    s1: f32,
+    s2: f32,
+    delta: f32,
+    a_pos: Vec<f32>,
+    live: Vec<bool>,
+    thresholds: Breaks,
+    levels: Vec<f32>,
+    bounds: Breaks,
+}
+
+impl N2uqAct {
+    pub fn n(&self) -> usize {
+        (1usize << self.bits) - 1
+    }
+
+    /// Output-level step Δ = 2/n (before scale2).
+    pub fn delta(&self) -> f32 {
+        (2.0f64 / self.n() as f64) as f32
+    }
+
+    /// Splits a packed parameter row into (start, a, scale1, scale2).
+    pub fn unpack<'a>(&self, p: &'a [f32]) -> (f32, &'a [f32], f32, f32) {
+        let n = self.n();
+        (p[0], &p[1..1 + n], p[1 + n], p[2 + n])
+    }
+}
+
+impl Kernel for N2uqAct {
+    type Ctx = N2uqCtx;
+
+    fn name(&self) -> &'static str {
+        "n2uq"
+    }
+
+    fn param_layout(&self) -> Vec<(&'static str, usize)> {
+        vec![("start", 1), ("a", self.n()), ("scale1", 1), ("scale2", 1)]
+    }
+
+    /// [Σ g·L_k, then per segment: Σ g, Σ g·(x'−B_i), Σ g·x]
+    fn num_acc(&self) -> usize {
+        1 + 3 * self.n()
+    }
+
+    fn validate(&self, p: &[f32]) -> Result<(), String> {
+        if let Some(v) = p.iter().find(|v| !v.is_finite()) {
+            return Err(format!("parameters must be finite, got {v}"));
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, _x: &[f32], p: &[f32]) -> N2uqCtx {
+        let (start, a, s1, s2) = self.unpack(p);
+        let n = self.n();
+        let delta = self.delta();
+        let a_pos: Vec<f32> = a.iter().map(|&v| if v > EPS { v } else { EPS }).collect();
+        let mut t = Vec::with_capacity(n);
+        let mut levels = vec![0f32; n + 1];
+        let mut bounds = Vec::with_capacity(n + 1);
+        bounds.push(start + 0.0);
+        for i in 0..n {
+            t.push(if i == 0 { start + a_pos[0] / 2.0 } else { t[i - 1] + (a_pos[i - 1] / 2.0 + a_pos[i] / 2.0) });
+            levels[i + 1] = levels[i] + delta;
+            bounds.push(bounds[i] + a_pos[i]);
+        }
+        N2uqCtx {
+            s1,
+            s2,
+            delta,
+            live: a.iter().map(|&v| v > EPS).collect(),
+            a_pos,
+            thresholds: Breaks::new(t),
+            levels,
+            bounds: Breaks::new(bounds),
+        }
+    }
+
+    fn forward(&self, c: &N2uqCtx, x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = c.levels[c.thresholds.count_less(x * c.s1)] * c.s2;
+        }
+    }
+
+    fn backward(&self, c: &N2uqCtx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
+        let n = self.n();
+        let b = &c.bounds.v;
+        let (top, bottom) = (b[n], b[0]);
+        let (mut s_level, rest) = (0f64, &mut acc[1..]);
+        let (s_g, rest) = rest.split_at_mut(n);
+        let (s_gd, s_gx) = rest.split_at_mut(n);
+        for ((&x, &g), gx) in x.iter().zip(g).zip(gx.iter_mut()) {
+            let xs = x * c.s1;
+            s_level += (g * c.levels[c.thresholds.count_less(xs)]) as f64;
+            if !(xs > bottom) || xs >= top {
+                *gx = 0.0;
+                continue;
+            }
+            let i = c.bounds.count_less(xs) - 1;
+            let slope = c.delta / c.a_pos[i];
+            *gx = g * c.s2 * c.s1 * slope;
+            s_g[i] += g as f64;
+            s_gd[i] += (g * (xs - b[i])) as f64;
+            s_gx[i] += (g * x) as f64;
+        }
+        acc[0] += s_level;
+    }
+
+    fn finish(&self, c: &N2uqCtx, _: &[f32], _: &[f32], acc: &[f64], _: &[usize], _: &mut [f32], gp: &mut [f32]) {
+        let n = self.n();
+        let (s_g, s_gd, s_gx) = (&acc[1..1 + n], &acc[1 + n..1 + 2 * n], &acc[1 + 2 * n..1 + 3 * n]);
+        let (s2, d) = (c.s2 as f64, c.delta as f64);
+        let ap: Vec<f64> = c.a_pos.iter().map(|&v| v as f64).collect();
+        let per_seg: Vec<f64> = (0..n).map(|i| s_g[i] / ap[i]).collect();
+        // start
+        gp[0] = (-s2 * d * per_seg.iter().sum::<f64>()) as f32;
+        // a_j: segments above j move with B_{i>j}; segment j's own slope changes.
+        let mut above = 0f64;
+        for j in (0..n).rev() {
+            let gj = -s2 * d * (above + s_gd[j] / (ap[j] * ap[j]));
+            gp[1 + j] = if c.live[j] { gj as f32 } else { 0.0 };
+            above += per_seg[j];
+        }
+        // scale1, scale2
+        gp[1 + n] = (s2 * d * (0..n).map(|i| s_gx[i] / ap[i]).sum::<f64>()) as f32;
+        gp[2 + n] = acc[0] as f32;
+    }
+
+    fn init(&self, x: &[f32]) -> Vec<f32> {
+        let n = self.n();
+        let (s1, s2) = match self.init {
+            N2uqInit::Official => (1.0, 1.0),
+            N2uqInit::Calibrated => {
+                let m = par_min_max(x).1;
+                let m = if m > 0.0 && m.is_finite() { m } else { 1.0 };
+                (2.0 / m, m / 2.0)
+            }
+        };
+        let mut p = vec![0.0];
+        p.extend(std::iter::repeat_n((2.0f64 / n as f64) as f32, n));
+        p.extend([s1, s2]);
+        p
+    }
+
+    fn default_params(&self) -> Vec<f32> {
+        N2uqAct { init: N2uqInit::Official, ..self.clone() }.init(&[])
+    }
+
+    /// Mean clamped interval in input units: mean(a⁺)/scale1 (PAPER.md §8.5).
+    fn step(&self, p: &[f32]) -> Option<f32> {
+        let (_, a, s1, _) = self.unpack(p);
+        let mean = a.iter().map(|&v| v.max(EPS) as f64).sum::<f64>() / a.len() as f64;
+        Some((mean / s1 as f64) as f32)
+    }
+}
+
+/// N2UQ weight quantizer (per output channel, no parameters).
+#[derive(Clone, Debug)]
+pub struct N2uqWeight {
+    pub bits: u32,
+}
+
+impl N2uqWeight {
+    /// The entropy-preserving scale c = ((2^b−1)/2^(b−1))·mean|W| of one channel.
+    pub fn scale(&self, w: &[f32]) -> f32 {
+        let gamma = (((1u32 << self.bits) - 1) as f64 / (1u32 << (self.bits - 1)) as f64) as f32;
+        let mean = (par_sum(w, |v| v.abs() as f64) / w.len().max(1) as f64) as f32;
+        gamma * mean
+    }
+
+    /// y = c·(⌊(clip(w/c, −1, 1) + 1)·h⌉/h − 1) with h = (2^b − 1)/2, for a given c.
+    #[inline(always)]
+    pub fn quantize_with(&self, w: f32, c: f32) -> f32 {
+        if c == 0.0 {
+            return 0.0;
+        }
+        let h = ((1u32 << self.bits) - 1) as f32 / 2.0;
+        let wc = clamp(w / c, -1.0, 1.0);
+        c * (rne((wc + 1.0) * h) / h - 1.0)
+    }
+}
+
+impl Kernel for N2uqWeight {
+    type Ctx = f32;
+
+    fn name(&self) -> &'static str {
+        "n2uq_weight"
+    }
+
+    fn param_layout(&self) -> Vec<(&'static str, usize)> {
+        vec![]
+    }
+
+    fn num_acc(&self) -> usize {
+        0
+    }
+
+    fn prepare(&self, x: &[f32], _p: &[f32]) -> f32 {
+        self.scale(x)
+    }
+
+    fn forward(&self, &c: &f32, x: &[f32], y: &mut [f32]) {
+        y.iter_mut().zip(x).for_each(|(y, &w)| *y = self.quantize_with(w, c));
+    }
+
+    fn backward(&self, &c: &f32, _x: &[f32], g: &[f32], gx: &mut [f32], _: &mut [f64], _: &mut Vec<usize>, _: usize) {
+        if c == 0.0 {
+            gx.fill(0.0);
+        } else {
+            gx.iter_mut().zip(g).for_each(|(gx, &g)| *gx = g / c);
+        }
+    }
+
+    fn finish(&self, _: &f32, _: &[f32], _: &[f32], _: &[f64], _: &[usize], _: &mut [f32], _: &mut [f32]) {}
+
+    fn init(&self, _x: &[f32]) -> Vec<f32> {
+        vec![]
+    }
+
+    fn default_params(&self) -> Vec<f32> {
+        vec![]
+    }
+}

@@ -1,0 +1,170 @@
+//! Quantized convolutions: [`QConv`] wraps an ultralytics `Conv` (conv + BN + SiLU) and
+//! [`QConv2d`] a plain biased `Conv2d` (Detect's prediction convs), fake-quantizing the weight
+//! and the input activation with any [`Quantizer`]. [`QuantPlan`] assigns bit-widths per layer:
+//! the body at WxAy, the first conv (image input) and the Detect prediction convs at 8 bits by
+//! default (the LSQ/PACT convention), each configurable.
+
+use q2_nn::conv::{Act, Conv, Conv2d};
+use q2_nn::store::Scope;
+use q2_nn::{Feat, Mode};
+use serde::{Deserialize, Serialize};
+
+use crate::quantizer::{build, InitMode, Method, QuantSpec, Quantizer};
+use crate::Result;
+
+/// Which quantizers one conv layer gets (`None`: full precision).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerQuant {
+    pub weight: Option<QuantSpec>,
+    pub act: Option<QuantSpec>,
+}
+
+/// Where a conv sits, for the plan's per-layer bit-widths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// The first conv, which sees the image.
+    First,
+    Body,
+    /// A Detect prediction conv.
+    Head,
+}
+
+fn eight() -> Option<u32> {
+    Some(8)
+}
+
+/// A model-wide quantization plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantPlan {
+    pub method: Method,
+    pub w_bits: u32,
+    pub a_bits: u32,
+    /// Bits of the first conv (`None`: full precision).
+    #[serde(default = "eight")]
+    pub first_bits: Option<u32>,
+    /// Bits of the Detect prediction convs (`None`: full precision).
+    #[serde(default = "eight")]
+    pub head_bits: Option<u32>,
+    /// Per-output-channel weight quantizers (where the method allows it).
+    #[serde(default)]
+    pub per_channel_weights: bool,
+    /// Signed activation grids (LSQ, LSQ+, MinMax only; PACT and N2UQ activations are unsigned).
+    #[serde(default)]
+    pub act_signed: bool,
+    #[serde(default)]
+    pub act_init: InitMode,
+}
+
+impl QuantPlan {
+    pub fn new(method: Method, w_bits: u32, a_bits: u32) -> Self {
+        Self {
+            method,
+            w_bits,
+            a_bits,
+            first_bits: Some(8),
+            head_bits: Some(8),
+            per_channel_weights: false,
+            act_signed: false,
+            act_init: InitMode::Default,
+        }
+    }
+
+    /// The quantizers of a layer of the given kind.
+    pub fn layer(&self, kind: LayerKind) -> LayerQuant {
+        let (wb, ab) = match kind {
+            LayerKind::Body => (Some(self.w_bits), Some(self.a_bits)),
+            LayerKind::First => (self.first_bits, self.first_bits),
+            LayerKind::Head => (self.head_bits, self.head_bits),
+        };
+        let per_channel = self.per_channel_weights && matches!(self.method, Method::Lsq | Method::LsqPlus | Method::Minmax);
+        let act_signed = self.act_signed && matches!(self.method, Method::Lsq | Method::LsqPlus | Method::Minmax);
+        LayerQuant {
+            weight: wb.map(|bits| QuantSpec { method: self.method, bits, signed: true, per_channel, init: InitMode::Default }),
+            act: ab.map(|bits| QuantSpec { method: self.method, bits, signed: act_signed, per_channel: false, init: self.act_init }),
+        }
+    }
+}
+
+fn quantizers(s: &mut Scope, q: &LayerQuant, in_ch: usize, out_ch: usize) -> Result<(Option<Box<dyn Quantizer>>, Option<Box<dyn Quantizer>>)> {
+    let wq = q.weight.as_ref().map(|spec| build(spec, out_ch, &mut s.sub("wq"))).transpose()?;
+    let aq = q.act.as_ref().map(|spec| build(spec, in_ch, &mut s.sub("aq"))).transpose()?;
+    Ok((wq, aq))
+}
+
+fn apply(q: &Option<Box<dyn Quantizer>>, t: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    match q {
+        Some(q) => q.forward(t),
+        None => Ok(t.clone()),
+    }
+}
+
+/// ultralytics `Conv` with fake-quantized weight and input; quantizer parameters are stored as
+/// `<scope>.wq.*` and `<scope>.aq.*`.
+#[derive(Debug)]
+pub struct QConv<const I: usize, const O: usize, const K: usize, const S: usize> {
+    pub conv: Conv<I, O, K, S>,
+    pub wq: Option<Box<dyn Quantizer>>,
+    pub aq: Option<Box<dyn Quantizer>>,
+}
+
+impl<const I: usize, const O: usize, const K: usize, const S: usize> QConv<I, O, K, S> {
+    pub fn new(s: &mut Scope, q: &LayerQuant) -> Result<Self> {
+        Self::with(s, 1, Act::SiLU, q)
+    }
+
+    pub fn with(s: &mut Scope, groups: usize, act: Act, q: &LayerQuant) -> Result<Self> {
+        let conv = Conv::with(s, groups, act)?;
+        let (wq, aq) = quantizers(s, q, I, O)?;
+        Ok(Self { conv, wq, aq })
+    }
+
+    pub fn forward(&self, x: &Feat<I>, mode: Mode) -> Result<Feat<O>> {
+        let xq = apply(&self.aq, x.tensor())?;
+        let wq = apply(&self.wq, self.conv.weight.as_tensor())?;
+        Ok(self.conv.forward_with(&xq, &wq, mode)?)
+    }
+
+    /// Data-driven initialisation: the activation quantizer from `x`, the weight quantizer from
+    /// the current weights.
+    pub fn calibrate(&self, x: &Feat<I>) -> Result<()> {
+        if let Some(q) = &self.aq {
+            q.init_from(x.tensor())?;
+        }
+        if let Some(q) = &self.wq {
+            q.init_from(self.conv.weight.as_tensor())?;
+        }
+        Ok(())
+    }
+}
+
+/// A biased `Conv2d` with fake-quantized weight and input (the Detect prediction convs).
+#[derive(Debug)]
+pub struct QConv2d<const I: usize, const O: usize, const K: usize, const S: usize> {
+    pub conv: Conv2d<I, O, K, S>,
+    pub wq: Option<Box<dyn Quantizer>>,
+    pub aq: Option<Box<dyn Quantizer>>,
+}
+
+impl<const I: usize, const O: usize, const K: usize, const S: usize> QConv2d<I, O, K, S> {
+    pub fn new(s: &mut Scope, q: &LayerQuant) -> Result<Self> {
+        let conv = Conv2d::new(s)?;
+        let (wq, aq) = quantizers(s, q, I, O)?;
+        Ok(Self { conv, wq, aq })
+    }
+
+    pub fn forward(&self, x: &Feat<I>) -> Result<Feat<O>> {
+        let xq = apply(&self.aq, x.tensor())?;
+        let wq = apply(&self.wq, self.conv.weight.as_tensor())?;
+        Ok(self.conv.forward_with(&xq, &wq)?)
+    }
+
+    pub fn calibrate(&self, x: &Feat<I>) -> Result<()> {
+        if let Some(q) = &self.aq {
+            q.init_from(x.tensor())?;
+        }
+        if let Some(q) = &self.wq {
+            q.init_from(self.conv.weight.as_tensor())?;
+        }
+        Ok(())
+    }
+}
