@@ -31,8 +31,13 @@ fn numbers(v: &Value, what: &str) -> Result<Vec<f32>> {
         .collect()
 }
 
-/// Evaluates one case (see the module docs).
+/// Evaluates one case on the CPU (see the module docs).
 pub fn evaluate(case: &Value) -> Result<Value> {
+    evaluate_on(case, &Device::Cpu)
+}
+
+/// Evaluates one case on `device` (the CUDA kernels when it is a GPU).
+pub fn evaluate_on(case: &Value, device: &Device) -> Result<Value> {
     let obj = case.as_object().ok_or_else(|| bad("the case must be a JSON object"))?;
     let field = |k: &str| obj.get(k).ok_or_else(|| bad(format!("missing key `{k}`")));
     let method_name = field("method")?.as_str().ok_or_else(|| bad("`method` must be a string"))?;
@@ -68,7 +73,7 @@ pub fn evaluate(case: &Value) -> Result<Value> {
         None | Some(Value::Null) => &empty,
         Some(v) => v.as_object().ok_or_else(|| bad("`params` must be an object"))?,
     };
-    let run = Run { x, g, params, groups };
+    let run = Run { x, g, params, groups, device };
     match (method, signed) {
         (Method::Lsq, _) => run.go(Lsq { bits, signed }),
         (Method::LsqPlus, _) => run.go(LsqPlus { bits, signed, offset: true, init: LsqPlusInit::MinMax }),
@@ -85,6 +90,7 @@ struct Run<'a> {
     g: Vec<f32>,
     params: &'a Map<String, Value>,
     groups: usize,
+    device: &'a Device,
 }
 
 impl Run<'_> {
@@ -129,11 +135,10 @@ impl Run<'_> {
     fn go<K: Kernel>(self, k: K) -> Result<Value> {
         let p = self.packed(&k)?;
         let np = k.num_params();
-        let dev = Device::Cpu;
+        let dev = self.device.clone();
         let n = self.x.len();
         let x = Var::from_tensor(&Tensor::from_vec(self.x.clone(), n, &dev)?)?;
         let pv = if np > 0 { Some(Var::from_tensor(&Tensor::from_vec(p, (self.groups, np), &dev)?)?) } else { None };
-        let name = k.name();
         let layout = k.param_layout();
         let y = fake_quant(Arc::new(k), x.as_tensor(), pv.as_ref().map(|v| v.as_tensor()), self.groups)?;
         let loss = (&y * Tensor::from_vec(self.g.clone(), n, &dev)?)?.sum_all()?;
@@ -156,7 +161,6 @@ impl Run<'_> {
                 off += width;
             }
         }
-        let _ = name;
         Ok(json!({ "y": to64(&y)?, "grad_x": gx, "grad_params": out }))
     }
 }

@@ -1,1 +1,59 @@
-fn main() {}
+//! The `q2` command-line tool. Each subcommand is a thin wrapper over the library crates;
+//! invalid input exits with status 2 and a message naming the file and what is wrong.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser, Debug)]
+#[command(name = "q2", version, about = "Q²: quantization-aware gradient balancing and attention alignment (reproduction)")]
+struct Cli {
+    /// CPU threads for kernels and tensor ops (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Evaluate one fake quantizer on numbers from a JSON case (cross-checking other frameworks).
+    Quant {
+        /// Case: {method, bits, signed, x, params, grad_out[, groups]}.
+        #[arg(long = "in", value_name = "CASE.json")]
+        input: PathBuf,
+        /// Result: {y, grad_x, grad_params} (float64 JSON).
+        #[arg(long, value_name = "RESULT.json")]
+        out: PathBuf,
+        /// cpu or cuda (needs a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "q2=info,warn".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    if let Some(n) = cli.threads {
+        cli::set_threads(n);
+    }
+    let result: Result<()> = match cli.cmd {
+        Cmd::Quant { input, out, device } => cli::quant(&input, &out, &device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::exit_code(&e))
+        }
+    }
+}
