@@ -84,28 +84,10 @@ impl ParamStore {
 
     /// Creates a float32 entry.
     pub fn add(&mut self, name: &str, shape: impl Into<Shape>, role: Role, init: Init) -> Result<Var> {
-        let shape = shape.into();
-        let n = shape.elem_count();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(name));
-        let values: Vec<f32> = match init {
-            Init::Const(c) => vec![c as f32; n],
-            Init::Uniform { lo, hi } => (0..n).map(|_| rng.random_range(lo..hi) as f32).collect(),
-            Init::Normal { mean, std } => {
-                let d = Normal::new(mean, std).map_err(|e| NnError::Invalid(format!("{name}: {e}")))?;
-                (0..n).map(|_| d.sample(&mut rng) as f32).collect()
-            }
-            Init::KaimingUniform { fan_in } => {
-                let b = 1.0 / (fan_in.max(1) as f64).sqrt();
-                (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
-            }
-            Init::Values(v) => {
-                if v.len() != n {
-                    return Err(NnError::Invalid(format!("{name}: {} initial values for shape {shape:?}", v.len())));
-                }
-                v
-            }
-        };
-        let t = Tensor::from_vec(values, shape, &self.device)?;
+        let t = seeded(shape, &init, self.seed ^ fnv1a(name), &self.device).map_err(|e| match e {
+            NnError::Invalid(m) => NnError::Invalid(format!("{name}: {m}")),
+            other => other,
+        })?;
         self.insert(name, Var::from_tensor(&t)?, role)
     }
 
@@ -199,6 +181,33 @@ impl ParamStore {
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
         save_tensors(&self.snapshot()?.into_iter().collect(), path)
     }
+}
+
+/// A float32 tensor drawn from `init` with a ChaCha8 RNG seeded by `seed`: the same seed gives
+/// the same values on every machine (candle's own CPU RNG cannot be seeded).
+pub fn seeded(shape: impl Into<Shape>, init: &Init, seed: u64, device: &Device) -> Result<Tensor> {
+    let shape = shape.into();
+    let n = shape.elem_count();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f32> = match init {
+        Init::Const(c) => vec![*c as f32; n],
+        Init::Uniform { lo, hi } => (0..n).map(|_| rng.random_range(*lo..*hi) as f32).collect(),
+        Init::Normal { mean, std } => {
+            let d = Normal::new(*mean, *std).map_err(|e| NnError::Invalid(e.to_string()))?;
+            (0..n).map(|_| d.sample(&mut rng) as f32).collect()
+        }
+        Init::KaimingUniform { fan_in } => {
+            let b = 1.0 / ((*fan_in).max(1) as f64).sqrt();
+            (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
+        }
+        Init::Values(v) => {
+            if v.len() != n {
+                return Err(NnError::Invalid(format!("{} initial values for shape {shape:?}", v.len())));
+            }
+            v.clone()
+        }
+    };
+    Ok(Tensor::from_vec(values, shape, device)?)
 }
 
 /// Writes named tensors to a safetensors file atomically (temp file + fsync + rename).

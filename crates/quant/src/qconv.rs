@@ -168,3 +168,72 @@ impl<const I: usize, const O: usize, const K: usize, const S: usize> QConv2d<I, 
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use q2_nn::store::{seeded, Init, ParamStore, Role};
+
+    fn input() -> Feat<3> {
+        Feat::new(seeded((2, 3, 6, 6), &Init::Normal { mean: 0.5, std: 1.0 }, 1, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn full_precision_qconv_is_the_conv() {
+        let mut store = ParamStore::new(Device::Cpu, 3);
+        let q: QConv<3, 4, 3, 1> = QConv::new(&mut store.scope("model.0"), &LayerQuant::default()).unwrap();
+        let x = input();
+        let a = q.forward(&x, Mode::Eval).unwrap().tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = q.conv.forward(&x, Mode::Eval).unwrap().tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn plan_assigns_bits_and_registers_quantizer_parameters() {
+        let plan = QuantPlan::new(Method::Lsq, 4, 3);
+        let body = plan.layer(LayerKind::Body);
+        assert_eq!((body.weight.as_ref().unwrap().bits, body.act.as_ref().unwrap().bits), (4, 3));
+        assert!(body.weight.as_ref().unwrap().signed && !body.act.as_ref().unwrap().signed);
+        assert_eq!(plan.layer(LayerKind::First).weight.unwrap().bits, 8);
+        assert_eq!(plan.layer(LayerKind::Head).act.unwrap().bits, 8);
+        let fp_ends = QuantPlan { first_bits: None, head_bits: None, ..plan.clone() };
+        assert_eq!(fp_ends.layer(LayerKind::First), LayerQuant::default());
+
+        let mut store = ParamStore::new(Device::Cpu, 3);
+        let q: QConv<3, 4, 3, 1> = QConv::new(&mut store.scope("model.1"), &body).unwrap();
+        let names: Vec<_> = store.iter().filter(|(_, e)| e.role == Role::Quant).map(|(k, _)| k.to_string()).collect();
+        assert_eq!(names, ["model.1.aq.s", "model.1.wq.s"]);
+        // calibration sets LSQ's data-driven steps; gradients reach them
+        let x = input();
+        q.calibrate(&x).unwrap();
+        let s = store.get("model.1.aq.s").unwrap().var.to_vec1::<f32>().unwrap()[0];
+        let mean_abs = x.tensor().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((s - 2.0 * mean_abs / 7f32.sqrt()).abs() < 1e-5);
+        let y = q.forward(&x, Mode::Train).unwrap();
+        let g = y.tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in q.aq.as_ref().unwrap().params().into_iter().chain(q.wq.as_ref().unwrap().params()) {
+            let gv = g.get(&var).unwrap_or_else(|| panic!("no gradient for {name}")).to_vec1::<f32>().unwrap();
+            assert!(gv[0].is_finite() && gv[0] != 0.0, "{name}: {gv:?}");
+        }
+    }
+
+    #[test]
+    fn every_method_builds_for_weights_and_activations() {
+        for method in Method::ALL {
+            let plan = QuantPlan { per_channel_weights: true, ..QuantPlan::new(method, 4, 4) };
+            let mut store = ParamStore::new(Device::Cpu, 0);
+            let q: QConv2d<3, 5, 1, 1> = QConv2d::new(&mut store.scope("h"), &plan.layer(LayerKind::Body)).unwrap();
+            let x = Var::from_tensor(input().tensor()).unwrap();
+            let fx = Feat::new(x.as_tensor().clone()).unwrap();
+            q.calibrate(&fx).unwrap();
+            let y = q.forward(&fx).unwrap();
+            let g = y.tensor().sum_all().unwrap().backward().unwrap();
+            assert!(g.get(&x).is_some(), "{method}");
+            assert!(g.get(&q.conv.weight).is_some(), "{method}");
+            let groups = q.wq.as_ref().unwrap().groups();
+            let want = if matches!(method, Method::Pact) { 1 } else { 5 };
+            assert_eq!(groups, want, "{method}: weight quantizer groups");
+        }
+    }
+}

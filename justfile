@@ -1,0 +1,21 @@
+# q2 tasks: thin wrappers over cargo and the q2 CLI.
+
+# Evaluate one quantizer on the bundled example (the current main job).
+smoke:
+    cargo run --release --bin q2 -- quant --in examples/quant/lsq_w4.json --out lsq_w4.result.json
+
+# Unit, golden and property tests.
+test:
+    cargo test --workspace
+
+# Criterion benches (quantizer kernels, conv step); numbers go to docs/BENCHMARKS.md.
+bench:
+    cargo bench --bench quant --bench conv
+
+# Assemble the CUDA 13.0 toolkit from PyPI wheels and build q2 with --features cuda.
+cuda:
+    bash scripts/cuda-toolkit.sh
+
+# Regenerate the PyTorch reference fixtures (needs tools/.venv with torch; see tools/README.md).
+fixtures:
+    tools/.venv/bin/python tools/make_fixtures.py --out tests/fixtures
