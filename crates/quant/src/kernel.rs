@@ -158,12 +158,20 @@ pub fn forward<K: Kernel>(k: &K, x: &[f32], p: &[f32], groups: usize) -> Vec<f32
 
 /// Runs a kernel's backward: returns (dL/dx, dL/dp with `groups × num_params` entries).
 pub fn backward<K: Kernel>(k: &K, x: &[f32], p: &[f32], g: &[f32], groups: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut packed = backward_packed(k, x, p, g, groups);
+    let gp = packed.split_off(x.len());
+    (packed, gp)
+}
+
+/// Runs a kernel's backward into one buffer `[dL/dx | dL/dp]` (what the candle op returns),
+/// so the large gradient is written once and never copied.
+pub fn backward_packed<K: Kernel>(k: &K, x: &[f32], p: &[f32], g: &[f32], groups: usize) -> Vec<f32> {
     let (gl, np, na) = (x.len() / groups, k.num_params(), k.num_acc());
-    let mut gx = vec![0f32; x.len()];
-    let mut gp = vec![0f32; groups * np];
+    let mut out = vec![0f32; x.len() + groups * np];
     if gl == 0 {
-        return (gx, gp);
+        return out;
     }
+    let (gx, gp) = out.split_at_mut(x.len());
     let gp_groups: Vec<&mut [f32]> = if np == 0 { (0..groups).map(|_| &mut [][..]).collect() } else { gp.chunks_mut(np).collect() };
     let chunks: Vec<_> = gx.chunks_mut(gl).zip(gp_groups).enumerate().collect();
     chunks.into_par_iter().for_each(|(gi, (gxg, gpg))| {
@@ -189,7 +197,7 @@ pub fn backward<K: Kernel>(k: &K, x: &[f32], p: &[f32], g: &[f32], groups: usize
         }
         k.finish(&c, xg, gg, &acc, &marks, gxg, gpg);
     });
-    (gx, gp)
+    out
 }
 
 /// Data-driven initial parameters for every group (`groups × num_params`).

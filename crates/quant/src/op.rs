@@ -82,10 +82,9 @@ impl<K: Kernel> CustomOp3 for FqBwdOp<K> {
         let x = cpu_f32(s1, l1, self.name())?;
         let p = cpu_f32(s2, l2, self.name())?;
         let g = cpu_f32(s3, l3, self.name())?;
-        let (mut gx, gp) = kernel::backward(&*self.k, x, p, g, self.groups);
-        gx.extend_from_slice(&gp);
-        let n = gx.len();
-        Ok((CpuStorage::F32(gx), Shape::from(n)))
+        let out = kernel::backward_packed(&*self.k, x, p, g, self.groups);
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
     #[cfg(feature = "cuda")]
