@@ -11,6 +11,133 @@ use rayon::prelude::*;
 /// Elements per work item; fixed so that floating-point reductions are reproducible.
 pub const CHUNK: usize = 1 << 15;
 
+/// Whether the AVX2 versions of the loops can run (checked once by the std macro's cache).
+#[inline(always)]
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `$name(args)`, which runs the `#[inline(always)]` body compiled for AVX2 when the CPU
+/// has it and for the baseline target otherwise. Results are bit-identical either way: Rust never
+/// contracts `a·b + c` into an FMA and every operation the kernels use is exactly rounded.
+/// Kernel methods are `#[inline(always)]` so their loops land inside the AVX2 copy.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident<$($g:ident: $b:path),*>($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
+        $(#[$m])*
+        fn $name<$($g: $b),*>($($a: $t),*) -> $r {
+            #[inline(always)]
+            fn generic<$($g: $b),*>($($a: $t),*) -> $r $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<$($g: $b),*>($($a: $t),*) -> $r {
+                generic($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { avx2($($a),*) };
+            }
+            generic($($a),*)
+        }
+    };
+}
+
+multiversion! {
+    fn forward_chunk<K: Kernel>(k: &K, c: &K::Ctx, x: &[f32], y: &mut [f32]) -> () {
+        k.forward(c, x, y)
+    }
+}
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn backward_chunk<K: Kernel>(k: &K, c: &K::Ctx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], marks: &mut Vec<usize>, offset: usize) -> () {
+        k.backward(c, x, g, gx, acc, marks, offset)
+    }
+}
+
+multiversion! {
+    fn sum_chunk<F: SumFn>(c: &[f32], f: &F) -> f64 {
+        let mut lanes = [0f64; 8];
+        let n8 = c.len() / 8 * 8;
+        for ch in c[..n8].chunks_exact(8) {
+            for j in 0..8 {
+                lanes[j] += f.term(ch[j]);
+            }
+        }
+        c[n8..].iter().for_each(|v| lanes[0] += f.term(*v));
+        lanes.iter().sum::<f64>()
+    }
+}
+
+/// (min, max, has NaN) of one chunk. LLVM does not vectorise min/max reductions without
+/// fast-math, so the AVX2 version is written with intrinsics.
+fn min_max_chunk(c: &[f32]) -> (f32, f32, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { min_max_avx2(c) };
+    }
+    let lo = c.iter().fold(f32::INFINITY, |a, &b| if a < b { a } else { b });
+    let hi = c.iter().fold(f32::NEG_INFINITY, |a, &b| if a > b { a } else { b });
+    (lo, hi, c.iter().any(|v| v.is_nan()))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn min_max_avx2(c: &[f32]) -> (f32, f32, bool) {
+    use std::arch::x86_64::*;
+    let (mut lo, mut hi, mut nan) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(f32::NEG_INFINITY), _mm256_setzero_ps());
+    let mut it = c.chunks_exact(8);
+    for ch in &mut it {
+        // SAFETY: `ch` has exactly 8 f32s; unaligned load.
+        let v = unsafe { _mm256_loadu_ps(ch.as_ptr()) };
+        lo = _mm256_min_ps(lo, v);
+        hi = _mm256_max_ps(hi, v);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+    }
+    let (mut l, mut h, mut m) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    // SAFETY: each array holds 8 f32s; unaligned stores.
+    unsafe {
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+        _mm256_storeu_ps(m.as_mut_ptr(), nan);
+    }
+    let tail = it.remainder();
+    let lo = l.iter().chain(tail).fold(f32::INFINITY, |a, &b| if a < b { a } else { b });
+    let hi = h.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| if a > b { a } else { b });
+    (lo, hi, m.iter().any(|v| v.to_bits() != 0) || tail.iter().any(|v| v.is_nan()))
+}
+
+/// The summand of [`par_sum`] (a trait rather than a closure so it inlines into the SIMD loop).
+pub trait SumFn: Sync {
+    fn term(&self, v: f32) -> f64;
+}
+
+impl<F: Fn(f32) -> f64 + Sync> SumFn for F {
+    #[inline(always)]
+    fn term(&self, v: f32) -> f64 {
+        self(v)
+    }
+}
+
+/// An output buffer whose every element the kernel writes before anything reads it (zeroing
+/// 16 MB first would cost as much as a third of a fake-quant pass). Same technique as candle's
+/// own CPU kernels; f32 has no invalid bit patterns.
+#[allow(clippy::uninit_vec)]
+fn alloc_output(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: capacity is n; callers overwrite all n elements before returning the buffer.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Round half to even for |v| < 2^22 (every quantizer rounds a clipped code, |v| ≤ 255):
 /// adding and subtracting 1.5·2^23 leaves the nearest integer under IEEE round-to-nearest-even.
 /// Unlike `f32::round_ties_even` it vectorises without SSE4.1. NaN stays NaN.
@@ -111,33 +238,20 @@ pub fn map_reduce<const A: usize>(x: &[f32], g: &[f32], gx: &mut [f32], acc: &mu
     }
 }
 
-/// Sum of `f(x)` over a slice in f64, chunked for reproducibility and run in parallel.
+/// Sum of `f(x)` over a slice in f64, in 8 lanes per chunk of [`CHUNK`] (vectorised,
+/// reproducible), chunks in parallel and added in order.
 pub fn par_sum(x: &[f32], f: impl Fn(f32) -> f64 + Sync) -> f64 {
-    let parts: Vec<f64> = x.par_chunks(CHUNK).map(|c| c.iter().map(|v| f(*v)).sum::<f64>()).collect();
+    let parts: Vec<f64> = x.par_chunks(CHUNK).map(|c| sum_chunk(c, &f)).collect();
     parts.iter().sum()
 }
 
-/// (min, max) of a slice, NaN-propagating, in parallel.
+/// (min, max) of a slice; (NaN, NaN) if it holds a NaN. Vectorised, chunks in parallel.
 pub fn par_min_max(x: &[f32]) -> (f32, f32) {
-    let parts: Vec<(f32, f32)> = x
-        .par_chunks(CHUNK)
-        .map(|c| {
-            c.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-                if v.is_nan() || lo.is_nan() {
-                    (f32::NAN, f32::NAN)
-                } else {
-                    (lo.min(*v), hi.max(*v))
-                }
-            })
-        })
-        .collect();
-    parts.into_iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (a, b)| {
-        if a.is_nan() || lo.is_nan() {
-            (f32::NAN, f32::NAN)
-        } else {
-            (lo.min(a), hi.max(b))
-        }
-    })
+    let parts: Vec<(f32, f32, bool)> = x.par_chunks(CHUNK).map(min_max_chunk).collect();
+    if parts.iter().any(|p| p.2) {
+        return (f32::NAN, f32::NAN);
+    }
+    parts.into_iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), (a, b, _)| (lo.min(a), hi.max(b)))
 }
 
 /// Runs a kernel's forward over `groups` equal contiguous groups of `x`; `p` holds
@@ -146,12 +260,12 @@ pub fn forward<K: Kernel>(k: &K, x: &[f32], p: &[f32], groups: usize) -> Vec<f32
     let (gl, np) = (x.len() / groups, k.num_params());
     let ctxs: Vec<K::Ctx> =
         (0..groups).into_par_iter().map(|gi| k.prepare(&x[gi * gl..(gi + 1) * gl], &p[gi * np..(gi + 1) * np])).collect();
-    let mut y = vec![0f32; x.len()];
     if gl == 0 {
-        return y;
+        return vec![0f32; x.len()];
     }
+    let mut y = alloc_output(x.len());
     y.par_chunks_mut(gl).zip(x.par_chunks(gl)).zip(ctxs.par_iter()).for_each(|((yg, xg), c)| {
-        yg.par_chunks_mut(CHUNK).zip(xg.par_chunks(CHUNK)).for_each(|(yc, xc)| k.forward(c, xc, yc));
+        yg.par_chunks_mut(CHUNK).zip(xg.par_chunks(CHUNK)).for_each(|(yc, xc)| forward_chunk(k, c, xc, yc));
     });
     y
 }
@@ -167,11 +281,12 @@ pub fn backward<K: Kernel>(k: &K, x: &[f32], p: &[f32], g: &[f32], groups: usize
 /// so the large gradient is written once and never copied.
 pub fn backward_packed<K: Kernel>(k: &K, x: &[f32], p: &[f32], g: &[f32], groups: usize) -> Vec<f32> {
     let (gl, np, na) = (x.len() / groups, k.num_params(), k.num_acc());
-    let mut out = vec![0f32; x.len() + groups * np];
     if gl == 0 {
-        return out;
+        return vec![0f32; x.len() + groups * np];
     }
+    let mut out = alloc_output(x.len() + groups * np);
     let (gx, gp) = out.split_at_mut(x.len());
+    gp.fill(0.0);
     let gp_groups: Vec<&mut [f32]> = if np == 0 { (0..groups).map(|_| &mut [][..]).collect() } else { gp.chunks_mut(np).collect() };
     let chunks: Vec<_> = gx.chunks_mut(gl).zip(gp_groups).enumerate().collect();
     chunks.into_par_iter().for_each(|(gi, (gxg, gpg))| {
@@ -185,7 +300,7 @@ pub fn backward_packed<K: Kernel>(k: &K, x: &[f32], p: &[f32], g: &[f32], groups
             .map(|(ci, (gxc, (xc, gc)))| {
                 let mut acc = vec![0f64; na];
                 let mut marks = vec![];
-                k.backward(&c, xc, gc, gxc, &mut acc, &mut marks, ci * CHUNK);
+                backward_chunk(k, &c, xc, gc, gxc, &mut acc, &mut marks, ci * CHUNK);
                 (acc, marks)
             })
             .collect();
@@ -224,6 +339,26 @@ mod tests {
         assert!(clamp(f32::NAN, 0.0, 1.0).is_nan());
         assert_eq!(clamp(-2.0, -1.0, 1.0), -1.0);
         assert_eq!(clamp(2.0, -1.0, 1.0), 1.0);
+    }
+
+    #[test]
+    fn min_max_and_sum_cover_tails_infinities_and_nan() {
+        for n in [1usize, 7, 8, 9, 100, CHUNK + 13] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            let (lo, hi) = par_min_max(&x);
+            assert_eq!(lo, x.iter().cloned().fold(f32::INFINITY, f32::min), "n {n}");
+            assert_eq!(hi, x.iter().cloned().fold(f32::NEG_INFINITY, f32::max), "n {n}");
+            let s = par_sum(&x, |v| v as f64);
+            assert!((s - x.iter().map(|v| *v as f64).sum::<f64>()).abs() < 1e-9);
+            for pos in [0, n / 2, n - 1] {
+                let mut y = x.clone();
+                y[pos] = f32::NAN;
+                let (a, b) = par_min_max(&y);
+                assert!(a.is_nan() && b.is_nan(), "NaN at {pos} of {n}");
+                y[pos] = f32::NEG_INFINITY;
+                assert_eq!(par_min_max(&y).0, f32::NEG_INFINITY);
+            }
+        }
     }
 
     #[test]

@@ -47,6 +47,7 @@ impl Kernel for DoReFa {
         DoReFaCtx { m: lo.abs().max(hi.abs()).tanh(), n: ((1u32 << self.bits) - 1) as f32 }
     }
 
+    #[inline(always)]
     fn forward(&self, c: &DoReFaCtx, x: &[f32], y: &mut [f32]) {
         if c.m == 0.0 {
             y.fill(0.0);
@@ -55,6 +56,7 @@ impl Kernel for DoReFa {
         y.iter_mut().zip(x).for_each(|(y, &w)| *y = c.m * (2.0 * Self::quant(w.tanh(), c.m, c.n) - 1.0));
     }
 
+    #[inline(always)]
     fn backward(&self, c: &DoReFaCtx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], marks: &mut Vec<usize>, offset: usize) {
         for (i, ((&w, &g), gx)) in x.iter().zip(g).zip(gx.iter_mut()).enumerate() {
             let t = w.tanh();

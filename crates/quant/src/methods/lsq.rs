@@ -28,19 +28,14 @@ pub fn lsq_forward(x: f32, s: f32, qn: f32, qp: f32) -> f32 {
     rne(clamp(x / s, -qn, qp)) * s
 }
 
-/// LSQ Eq. 3 and 5: (∂v̂/∂v mask, ∂v̂/∂s) at one element.
+/// LSQ Eq. 3 and 5: (∂v̂/∂v mask, ∂v̂/∂s) at one element. Written with non-short-circuit
+/// comparisons and selects so that the loop vectorises.
 #[inline(always)]
 pub fn lsq_grads(x: f32, s: f32, qn: f32, qp: f32) -> (bool, f32) {
     let v = x / s;
-    let inside = v > -qn && v < qp;
-    let d = if inside {
-        rne(v) - v
-    } else if v <= -qn {
-        -qn
-    } else {
-        qp
-    };
-    (inside, d)
+    let inside = (v > -qn) & (v < qp);
+    let clipped = if v <= -qn { -qn } else { qp };
+    (inside, if inside { rne(v) - v } else { clipped })
 }
 
 /// LSQ's gradient scale g = 1/sqrt(numel·Qp).
@@ -75,11 +70,13 @@ impl Kernel for Lsq {
         p[0]
     }
 
+    #[inline(always)]
     fn forward(&self, &s: &f32, x: &[f32], y: &mut [f32]) {
         let (qn, qp) = self.range();
         y.iter_mut().zip(x).for_each(|(y, &x)| *y = lsq_forward(x, s, qn, qp));
     }
 
+    #[inline(always)]
     fn backward(&self, &s: &f32, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
         let (qn, qp) = self.range();
         map_reduce::<1>(x, g, gx, acc, |x, g| {

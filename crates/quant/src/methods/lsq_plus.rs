@@ -76,23 +76,20 @@ impl Kernel for LsqPlus {
         (p[0], if self.offset { p[1] } else { 0.0 })
     }
 
+    #[inline(always)]
     fn forward(&self, &(s, beta): &(f32, f32), x: &[f32], y: &mut [f32]) {
         let (n, p) = self.range();
         y.iter_mut().zip(x).for_each(|(y, &x)| *y = lsq_plus_forward(x, s, beta, n, p));
     }
 
+    #[inline(always)]
     fn backward(&self, &(s, beta): &(f32, f32), x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
         let (n, p) = self.range();
         map_reduce::<2>(x, g, gx, acc, |x, g| {
             let v = (x - beta) / s;
-            let inside = v > n && v < p;
-            let d = if inside {
-                rne(v) - v
-            } else if v <= n {
-                n
-            } else {
-                p
-            };
+            let inside = (v > n) & (v < p);
+            let clipped = if v <= n { n } else { p };
+            let d = if inside { rne(v) - v } else { clipped };
             (if inside { g } else { 0.0 }, [g * d, if inside { 0.0 } else { g }])
         });
     }

@@ -45,6 +45,7 @@ impl Kernel for MinMax {
         }
     }
 
+    #[inline(always)]
     fn forward(&self, &(a, b): &MinMaxCtx, x: &[f32], y: &mut [f32]) {
         let n = self.n();
         if self.signed {
@@ -64,6 +65,7 @@ impl Kernel for MinMax {
         }
     }
 
+    #[inline(always)]
     fn backward(&self, _: &MinMaxCtx, _x: &[f32], g: &[f32], gx: &mut [f32], _: &mut [f64], _: &mut Vec<usize>, _: usize) {
         gx.copy_from_slice(g);
     }

@@ -145,12 +145,14 @@ impl Kernel for N2uqAct {
         }
     }
 
+    #[inline(always)]
     fn forward(&self, c: &N2uqCtx, x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
             *y = c.levels[c.thresholds.count_less(x * c.s1)] * c.s2;
         }
     }
 
+    #[inline(always)]
     fn backward(&self, c: &N2uqCtx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
         let n = self.n();
         let b = &c.bounds.v;
@@ -268,10 +270,12 @@ impl Kernel for N2uqWeight {
         self.scale(x)
     }
 
+    #[inline(always)]
     fn forward(&self, &c: &f32, x: &[f32], y: &mut [f32]) {
         y.iter_mut().zip(x).for_each(|(y, &w)| *y = self.quantize_with(w, c));
     }
 
+    #[inline(always)]
     fn backward(&self, &c: &f32, _x: &[f32], g: &[f32], gx: &mut [f32], _: &mut [f64], _: &mut Vec<usize>, _: usize) {
         if c == 0.0 {
             gx.fill(0.0);

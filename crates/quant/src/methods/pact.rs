@@ -60,17 +60,19 @@ impl Kernel for Pact {
         p[0] / self.levels()
     }
 
+    #[inline(always)]
     fn forward(&self, &sc: &f32, x: &[f32], y: &mut [f32]) {
         let n = self.levels();
         y.iter_mut().zip(x).for_each(|(y, &x)| *y = pact_forward(x, sc, n));
     }
 
     /// PACT Eq. 3: ∂y/∂x = 1 on (0, α), ∂y/∂α = 1 where x ≥ α.
+    #[inline(always)]
     fn backward(&self, &sc: &f32, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
         let n = self.levels();
         map_reduce::<1>(x, g, gx, acc, |x, g| {
             let v = x / sc;
-            (if v > 0.0 && v < n { g } else { 0.0 }, [if v >= n { g } else { 0.0 }])
+            (if (v > 0.0) & (v < n) { g } else { 0.0 }, [if v >= n { g } else { 0.0 }])
         });
     }
 
