@@ -302,7 +302,7 @@ proptest! {
         sorted.sort_by(f32::total_cmp);
         prop_assert!(fwd(&k, &sorted, &p).windows(2).all(|w| w[0] <= w[1]));
         // y is level k·scale2 with k = #{thresholds < x'}; the gradient is the G-STE slope
-        let seg = |xq: f32| -> Option<usize> { if !(xq > b[0]) || xq >= b[n] { None } else { Some(b.iter().filter(|&&bb| bb < xq).count() - 1) } };
+        let seg = |xq: f32| -> Option<usize> { if !(xq > b[0] && xq < b[n]) { None } else { Some(b.iter().filter(|&&bb| bb < xq).count() - 1) } };
         let mut want = vec![0f64; p.len()];
         for i in 0..x.len() {
             let xq = x[i] * s1;

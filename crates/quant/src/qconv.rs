@@ -85,7 +85,10 @@ impl QuantPlan {
     }
 }
 
-fn quantizers(s: &mut Scope, q: &LayerQuant, in_ch: usize, out_ch: usize) -> Result<(Option<Box<dyn Quantizer>>, Option<Box<dyn Quantizer>>)> {
+/// A layer's optional weight and activation quantizers.
+type QuantPair = (Option<Box<dyn Quantizer>>, Option<Box<dyn Quantizer>>);
+
+fn quantizers(s: &mut Scope, q: &LayerQuant, in_ch: usize, out_ch: usize) -> Result<QuantPair> {
     let wq = q.weight.as_ref().map(|spec| build(spec, out_ch, &mut s.sub("wq"))).transpose()?;
     let aq = q.act.as_ref().map(|spec| build(spec, in_ch, &mut s.sub("aq"))).transpose()?;
     Ok((wq, aq))

@@ -163,7 +163,9 @@ impl Kernel for N2uqAct {
         for ((&x, &g), gx) in x.iter().zip(g).zip(gx.iter_mut()) {
             let xs = x * c.s1;
             s_level += (g * c.levels[c.thresholds.count_less(xs)]) as f64;
-            if !(xs > bottom) || xs >= top {
+            // Below (or NaN) or at/above the top: clipped, no gradient.
+            let inside = xs > bottom && xs < top;
+            if !inside {
                 *gx = 0.0;
                 continue;
             }
