@@ -3,6 +3,10 @@
 //! block (conv + BatchNorm2d in train mode + SiLU), fp32 and W4A4 LSQ-quantized.
 
 use candle_core::{Device, Tensor, Var};
+/// As in the `q2` binary: glibc's per-allocation mmap of large tensors would dominate.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use q2::nn::conv::Conv;
 use q2::nn::store::ParamStore;

@@ -9,6 +9,10 @@
 use std::sync::Arc;
 
 use candle_core::{CustomOp2, Device, Tensor};
+/// As in the `q2` binary: glibc's per-allocation mmap of large tensors would dominate.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use q2::quant::kernel::{self, Kernel};
 use q2::quant::methods::*;

@@ -9,6 +9,12 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// mimalloc keeps freed memory mapped for reuse. With glibc's allocator every tensor above the
+/// mmap threshold (a few MB) is a fresh mmap whose pages fault in on first write, which made a
+/// 4M-element fake-quant pass 8x slower (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "q2", version, about = "Q²: quantization-aware gradient balancing and attention alignment (reproduction)")]
 struct Cli {

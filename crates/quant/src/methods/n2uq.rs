@@ -28,6 +28,24 @@ pub struct N2uqAct {
     pub init: N2uqInit,
 }
 
+/// Up to this n = 2^b − 1 (5 bits) thresholds and bounds are scanned linearly in blocks of 8
+/// lanes, which vectorises; above it each element binary-searches a bucket table.
+const LINEAR_MAX_N: usize = 31;
+
+/// Output levels of 8 inputs x' = x·scale1: Δ is added once per threshold passed. The passed
+/// thresholds are a prefix (they are sorted), so the sum repeats exactly the f32 additions that
+/// built L_k, and adding 0.0 leaves it unchanged: the result is L_k bit for bit.
+#[inline(always)]
+fn levels8(thresholds: &[f32], delta: f32, xs: &[f32; 8]) -> [f32; 8] {
+    let mut acc = [0f32; 8];
+    for &t in thresholds {
+        for l in 0..8 {
+            acc[l] += if xs[l] > t { delta } else { 0.0 };
+        }
+    }
+    acc
+}
+
 /// Sorted breakpoints with a bucket table for O(1) expected "how many are < v" queries.
 #[derive(Debug)]
 struct Breaks {
@@ -147,7 +165,18 @@ impl Kernel for N2uqAct {
 
     #[inline(always)]
     fn forward(&self, c: &N2uqCtx, x: &[f32], y: &mut [f32]) {
-        for (y, &x) in y.iter_mut().zip(x) {
+        let mut done = 0;
+        if self.n() <= LINEAR_MAX_N {
+            for (xc, yc) in x.chunks_exact(8).zip(y.chunks_exact_mut(8)) {
+                let xs: [f32; 8] = std::array::from_fn(|l| xc[l] * c.s1);
+                let lv = levels8(&c.thresholds.v, c.delta, &xs);
+                for l in 0..8 {
+                    yc[l] = lv[l] * c.s2;
+                }
+            }
+            done = x.len() / 8 * 8;
+        }
+        for (y, &x) in y[done..].iter_mut().zip(&x[done..]) {
             *y = c.levels[c.thresholds.count_less(x * c.s1)] * c.s2;
         }
     }
@@ -157,12 +186,50 @@ impl Kernel for N2uqAct {
         let n = self.n();
         let b = &c.bounds.v;
         let (top, bottom) = (b[n], b[0]);
-        let (mut s_level, rest) = (0f64, &mut acc[1..]);
+        let (head, rest) = acc.split_at_mut(1);
         let (s_g, rest) = rest.split_at_mut(n);
         let (s_gd, s_gx) = rest.split_at_mut(n);
-        for ((&x, &g), gx) in x.iter().zip(g).zip(gx.iter_mut()) {
+        let mut s_level = [0f64; 8];
+        let mut done = 0;
+        if n <= LINEAR_MAX_N {
+            // Blocks of 8 lanes: levels and segments by linear scans over the (few) sorted
+            // thresholds and bounds, which vectorise; then the per-segment sums, lane by lane.
+            let m = 8 * (n + 1);
+            let mut bins = vec![0f64; 3 * m];
+            for ((xc, gc), gxc) in x.chunks_exact(8).zip(g.chunks_exact(8)).zip(gx.chunks_exact_mut(8)) {
+                let xs: [f32; 8] = std::array::from_fn(|l| xc[l] * c.s1);
+                let lv = levels8(&c.thresholds.v, c.delta, &xs);
+                // The segment is the number of interior bounds passed: the same vectorised scan.
+                let seg = levels8(&b[1..n], 1.0, &xs);
+                let seg: [usize; 8] = std::array::from_fn(|l| seg[l] as usize);
+                let ca: [f32; 8] = std::array::from_fn(|l| c.a_pos[seg[l]]);
+                let cb: [f32; 8] = std::array::from_fn(|l| b[seg[l]]);
+                let mut inside = [false; 8];
+                for l in 0..8 {
+                    s_level[l] += (gc[l] * lv[l]) as f64;
+                    inside[l] = (xs[l] > bottom) & (xs[l] < top);
+                    let slope = c.delta / ca[l];
+                    gxc[l] = if inside[l] { gc[l] * c.s2 * c.s1 * slope } else { 0.0 };
+                }
+                // Lane-private bins, so consecutive elements never wait on the same accumulator;
+                // clipped lanes go to a discarded bin (segment n) instead of branching.
+                for l in 0..8 {
+                    let i = 8 * (if inside[l] { seg[l] } else { n }) + l;
+                    bins[i] += gc[l] as f64;
+                    bins[m + i] += (gc[l] * (xs[l] - cb[l])) as f64;
+                    bins[2 * m + i] += (gc[l] * xc[l]) as f64;
+                }
+            }
+            for i in 0..n {
+                s_g[i] += bins[8 * i..8 * i + 8].iter().sum::<f64>();
+                s_gd[i] += bins[m + 8 * i..m + 8 * i + 8].iter().sum::<f64>();
+                s_gx[i] += bins[2 * m + 8 * i..2 * m + 8 * i + 8].iter().sum::<f64>();
+            }
+            done = x.len() / 8 * 8;
+        }
+        for ((&x, &g), gx) in x[done..].iter().zip(&g[done..]).zip(gx[done..].iter_mut()) {
             let xs = x * c.s1;
-            s_level += (g * c.levels[c.thresholds.count_less(xs)]) as f64;
+            s_level[0] += (g * c.levels[c.thresholds.count_less(xs)]) as f64;
             // Below (or NaN) or at/above the top: clipped, no gradient.
             let inside = xs > bottom && xs < top;
             if !inside {
@@ -176,7 +243,7 @@ impl Kernel for N2uqAct {
             s_gd[i] += (g * (xs - b[i])) as f64;
             s_gx[i] += (g * x) as f64;
         }
-        acc[0] += s_level;
+        head[0] += s_level.iter().sum::<f64>();
     }
 
     fn finish(&self, c: &N2uqCtx, _: &[f32], _: &[f32], acc: &[f64], _: &[usize], _: &mut [f32], gp: &mut [f32]) {
