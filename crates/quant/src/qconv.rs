@@ -101,6 +101,17 @@ fn apply(q: &Option<Box<dyn Quantizer>>, t: &candle_core::Tensor) -> Result<cand
     }
 }
 
+/// Initialises the activation quantizer from the input `x` and the weight quantizer from `w`.
+fn calibrate(aq: &Option<Box<dyn Quantizer>>, wq: &Option<Box<dyn Quantizer>>, x: &candle_core::Tensor, w: &candle_core::Tensor) -> Result<()> {
+    if let Some(q) = aq {
+        q.init_from(x)?;
+    }
+    if let Some(q) = wq {
+        q.init_from(w)?;
+    }
+    Ok(())
+}
+
 /// ultralytics `Conv` with fake-quantized weight and input; quantizer parameters are stored as
 /// `<scope>.wq.*` and `<scope>.aq.*`.
 #[derive(Debug)]
@@ -130,13 +141,7 @@ impl<const I: usize, const O: usize, const K: usize, const S: usize> QConv<I, O,
     /// Data-driven initialisation: the activation quantizer from `x`, the weight quantizer from
     /// the current weights.
     pub fn calibrate(&self, x: &Feat<I>) -> Result<()> {
-        if let Some(q) = &self.aq {
-            q.init_from(x.tensor())?;
-        }
-        if let Some(q) = &self.wq {
-            q.init_from(self.conv.weight.as_tensor())?;
-        }
-        Ok(())
+        calibrate(&self.aq, &self.wq, x.tensor(), self.conv.weight.as_tensor())
     }
 }
 
@@ -161,14 +166,9 @@ impl<const I: usize, const O: usize, const K: usize, const S: usize> QConv2d<I, 
         Ok(self.conv.forward_with(&xq, &wq)?)
     }
 
+    /// As [`QConv::calibrate`].
     pub fn calibrate(&self, x: &Feat<I>) -> Result<()> {
-        if let Some(q) = &self.aq {
-            q.init_from(x.tensor())?;
-        }
-        if let Some(q) = &self.wq {
-            q.init_from(self.conv.weight.as_tensor())?;
-        }
-        Ok(())
+        calibrate(&self.aq, &self.wq, x.tensor(), self.conv.weight.as_tensor())
     }
 }
 
