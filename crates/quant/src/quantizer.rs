@@ -282,3 +282,38 @@ pub fn build(spec: &QuantSpec, channels: usize, scope: &mut Scope) -> Result<Box
         (Method::Minmax, _) => Box::new(FakeQuant::new(MinMax { bits, signed }, s, groups, scope, 1.0)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use q2_nn::ParamStore;
+
+    #[test]
+    fn specs_are_validated() {
+        assert!(QuantSpec::new(Method::Lsq, 1, true).validate().is_err());
+        assert!(QuantSpec::new(Method::Lsq, 9, true).validate().is_err());
+        assert!(QuantSpec { per_channel: true, ..QuantSpec::new(Method::Pact, 4, false) }.validate().is_err());
+        assert!(QuantSpec { init: InitMode::Mse, ..QuantSpec::new(Method::Lsq, 4, false) }.validate().is_err());
+        assert!(QuantSpec { init: InitMode::Mse, ..QuantSpec::new(Method::LsqPlus, 4, false) }.validate().is_ok());
+        let json = r#"{"method": "n2uq", "bits": 3, "signed": false, "init": "official"}"#;
+        let spec: QuantSpec = serde_json::from_str(json).unwrap();
+        assert_eq!(spec.init, InitMode::Official);
+    }
+
+    #[test]
+    fn steps_for_q_ada() {
+        let mut store = ParamStore::new(Device::Cpu, 0);
+        let lsq = build(&QuantSpec::new(Method::Lsq, 4, false), 1, &mut store.scope("a")).unwrap();
+        assert_eq!(lsq.step().unwrap(), Some(vec![1.0]));
+        let pact = build(&QuantSpec { init: InitMode::Fixed(3.0), ..QuantSpec::new(Method::Pact, 2, false) }, 1, &mut store.scope("b")).unwrap();
+        assert_eq!(pact.step().unwrap(), Some(vec![1.0]));
+        let n2 = build(&QuantSpec { init: InitMode::Official, ..QuantSpec::new(Method::N2uq, 2, false) }, 1, &mut store.scope("c")).unwrap();
+        let s = n2.step().unwrap().unwrap()[0];
+        assert!((s - 2.0 / 3.0).abs() < 1e-6, "{s}");
+        let mm = build(&QuantSpec::new(Method::Minmax, 4, false), 1, &mut store.scope("d")).unwrap();
+        assert_eq!(mm.step().unwrap(), None);
+        // N2UQ's parameters train at a tenth of the learning rate
+        assert_eq!(store.get("c.a").unwrap().lr_scale, 0.1);
+    }
+}
