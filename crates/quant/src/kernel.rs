@@ -56,9 +56,8 @@ multiversion! {
 }
 
 multiversion! {
-    #[allow(clippy::too_many_arguments)]
-    fn backward_chunk<K: Kernel>(k: &K, c: &K::Ctx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], marks: &mut Vec<usize>, offset: usize) -> () {
-        k.backward(c, x, g, gx, acc, marks, offset)
+    fn backward_chunk<K: Kernel>(k: &K, c: &K::Ctx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64]) -> () {
+        k.backward(c, x, g, gx, acc)
     }
 }
 
@@ -187,16 +186,12 @@ pub trait Kernel: Send + Sync + std::fmt::Debug + 'static {
     /// y = Q(x) on one chunk.
     fn forward(&self, c: &Self::Ctx, x: &[f32], y: &mut [f32]);
 
-    /// On one chunk starting at element `offset` of its group: writes dL/dx into `gx` and adds
-    /// parameter-gradient partial sums into `acc`; may record element indices in `marks` for
-    /// [`Kernel::finish`] to revisit.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(&self, c: &Self::Ctx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], marks: &mut Vec<usize>, offset: usize);
+    /// On one chunk: writes dL/dx into `gx` and adds parameter-gradient partial sums into `acc`.
+    fn backward(&self, c: &Self::Ctx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64]);
 
     /// After all chunks of a group: turns the summed accumulators into parameter gradients `gp`
-    /// and applies any group-level correction to `gx`.
-    #[allow(clippy::too_many_arguments)]
-    fn finish(&self, c: &Self::Ctx, x: &[f32], g: &[f32], acc: &[f64], marks: &[usize], gx: &mut [f32], gp: &mut [f32]);
+    /// and applies any group-level correction to `gx` (DoReFa's gradient through its maximum).
+    fn finish(&self, c: &Self::Ctx, x: &[f32], g: &[f32], acc: &[f64], gx: &mut [f32], gp: &mut [f32]);
 
     /// Data-driven initial parameters of one group.
     fn init(&self, x: &[f32]) -> Vec<f32>;
@@ -293,24 +288,20 @@ pub fn backward_packed<K: Kernel>(k: &K, x: &[f32], p: &[f32], g: &[f32], groups
         let xg = &x[gi * gl..(gi + 1) * gl];
         let gg = &g[gi * gl..(gi + 1) * gl];
         let c = k.prepare(xg, &p[gi * np..(gi + 1) * np]);
-        let parts: Vec<(Vec<f64>, Vec<usize>)> = gxg
+        let parts: Vec<Vec<f64>> = gxg
             .par_chunks_mut(CHUNK)
             .zip(xg.par_chunks(CHUNK).zip(gg.par_chunks(CHUNK)))
-            .enumerate()
-            .map(|(ci, (gxc, (xc, gc)))| {
+            .map(|(gxc, (xc, gc))| {
                 let mut acc = vec![0f64; na];
-                let mut marks = vec![];
-                backward_chunk(k, &c, xc, gc, gxc, &mut acc, &mut marks, ci * CHUNK);
-                (acc, marks)
+                backward_chunk(k, &c, xc, gc, gxc, &mut acc);
+                acc
             })
             .collect();
         let mut acc = vec![0f64; na];
-        let mut marks = vec![];
-        for (a, m) in parts {
+        for a in parts {
             acc.iter_mut().zip(&a).for_each(|(s, v)| *s += v);
-            marks.extend(m);
         }
-        k.finish(&c, xg, gg, &acc, &marks, gxg, gpg);
+        k.finish(&c, xg, gg, &acc, gxg, gpg);
     });
     out
 }

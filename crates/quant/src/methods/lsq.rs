@@ -77,7 +77,7 @@ impl Kernel for Lsq {
     }
 
     #[inline(always)]
-    fn backward(&self, &s: &f32, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
+    fn backward(&self, &s: &f32, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64]) {
         let (qn, qp) = self.range();
         map_reduce::<1>(x, g, gx, acc, |x, g| {
             let (inside, d) = lsq_grads(x, s, qn, qp);
@@ -85,7 +85,7 @@ impl Kernel for Lsq {
         });
     }
 
-    fn finish(&self, _: &f32, x: &[f32], _: &[f32], acc: &[f64], _: &[usize], _: &mut [f32], gp: &mut [f32]) {
+    fn finish(&self, _: &f32, x: &[f32], _: &[f32], acc: &[f64], _: &mut [f32], gp: &mut [f32]) {
         gp[0] = (acc[0] * grad_scale(x.len(), self.range().1)) as f32;
     }
 

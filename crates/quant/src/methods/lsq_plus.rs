@@ -83,7 +83,7 @@ impl Kernel for LsqPlus {
     }
 
     #[inline(always)]
-    fn backward(&self, &(s, beta): &(f32, f32), x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
+    fn backward(&self, &(s, beta): &(f32, f32), x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64]) {
         let (n, p) = self.range();
         map_reduce::<2>(x, g, gx, acc, |x, g| {
             let v = (x - beta) / s;
@@ -94,7 +94,7 @@ impl Kernel for LsqPlus {
         });
     }
 
-    fn finish(&self, _: &(f32, f32), x: &[f32], _: &[f32], acc: &[f64], _: &[usize], _: &mut [f32], gp: &mut [f32]) {
+    fn finish(&self, _: &(f32, f32), x: &[f32], _: &[f32], acc: &[f64], _: &mut [f32], gp: &mut [f32]) {
         let gs = grad_scale(x.len(), self.range().1);
         gp[0] = (acc[0] * gs) as f32;
         if self.offset {

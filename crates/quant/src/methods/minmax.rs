@@ -66,11 +66,11 @@ impl Kernel for MinMax {
     }
 
     #[inline(always)]
-    fn backward(&self, _: &MinMaxCtx, _x: &[f32], g: &[f32], gx: &mut [f32], _: &mut [f64], _: &mut Vec<usize>, _: usize) {
+    fn backward(&self, _: &MinMaxCtx, _x: &[f32], g: &[f32], gx: &mut [f32], _: &mut [f64]) {
         gx.copy_from_slice(g);
     }
 
-    fn finish(&self, _: &MinMaxCtx, _: &[f32], _: &[f32], _: &[f64], _: &[usize], _: &mut [f32], _: &mut [f32]) {}
+    fn finish(&self, _: &MinMaxCtx, _: &[f32], _: &[f32], _: &[f64], _: &mut [f32], _: &mut [f32]) {}
 
     fn init(&self, _x: &[f32]) -> Vec<f32> {
         vec![]

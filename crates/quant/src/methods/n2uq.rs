@@ -182,7 +182,7 @@ impl Kernel for N2uqAct {
     }
 
     #[inline(always)]
-    fn backward(&self, c: &N2uqCtx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
+    fn backward(&self, c: &N2uqCtx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64]) {
         let n = self.n();
         let b = &c.bounds.v;
         let (top, bottom) = (b[n], b[0]);
@@ -246,7 +246,7 @@ impl Kernel for N2uqAct {
         head[0] += s_level.iter().sum::<f64>();
     }
 
-    fn finish(&self, c: &N2uqCtx, _: &[f32], _: &[f32], acc: &[f64], _: &[usize], _: &mut [f32], gp: &mut [f32]) {
+    fn finish(&self, c: &N2uqCtx, _: &[f32], _: &[f32], acc: &[f64], _: &mut [f32], gp: &mut [f32]) {
         let n = self.n();
         let (s_g, s_gd, s_gx) = (&acc[1..1 + n], &acc[1 + n..1 + 2 * n], &acc[1 + 2 * n..1 + 3 * n]);
         let (s2, d) = (c.s2 as f64, c.delta as f64);
@@ -345,7 +345,7 @@ impl Kernel for N2uqWeight {
     }
 
     #[inline(always)]
-    fn backward(&self, &c: &f32, _x: &[f32], g: &[f32], gx: &mut [f32], _: &mut [f64], _: &mut Vec<usize>, _: usize) {
+    fn backward(&self, &c: &f32, _x: &[f32], g: &[f32], gx: &mut [f32], _: &mut [f64]) {
         if c == 0.0 {
             gx.fill(0.0);
         } else {
@@ -353,7 +353,7 @@ impl Kernel for N2uqWeight {
         }
     }
 
-    fn finish(&self, _: &f32, _: &[f32], _: &[f32], _: &[f64], _: &[usize], _: &mut [f32], _: &mut [f32]) {}
+    fn finish(&self, _: &f32, _: &[f32], _: &[f32], _: &[f64], _: &mut [f32], _: &mut [f32]) {}
 
     fn init(&self, _x: &[f32]) -> Vec<f32> {
         vec![]

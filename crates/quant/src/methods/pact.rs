@@ -68,7 +68,7 @@ impl Kernel for Pact {
 
     /// PACT Eq. 3: ∂y/∂x = 1 on (0, α), ∂y/∂α = 1 where x ≥ α.
     #[inline(always)]
-    fn backward(&self, &sc: &f32, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64], _: &mut Vec<usize>, _: usize) {
+    fn backward(&self, &sc: &f32, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64]) {
         let n = self.levels();
         map_reduce::<1>(x, g, gx, acc, |x, g| {
             let v = x / sc;
@@ -76,7 +76,7 @@ impl Kernel for Pact {
         });
     }
 
-    fn finish(&self, _: &f32, _: &[f32], _: &[f32], acc: &[f64], _: &[usize], _: &mut [f32], gp: &mut [f32]) {
+    fn finish(&self, _: &f32, _: &[f32], _: &[f32], acc: &[f64], _: &mut [f32], gp: &mut [f32]) {
         gp[0] = acc[0] as f32;
     }
 
