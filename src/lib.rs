@@ -4,6 +4,8 @@
 //! This facade re-exports the workspace crates; it owns the cross-crate tests (`tests/`) and the
 //! criterion benches (`benches/`).
 
+pub use q2_data as data;
+pub use q2_eval as eval;
 pub use q2_nn as nn;
 pub use q2_quant as quant;
 

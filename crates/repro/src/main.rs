@@ -8,6 +8,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod data_cmd;
+mod eval_cmd;
 
 /// mimalloc keeps freed memory mapped for reuse. With glibc's allocator every tensor above the
 /// mmap threshold (a few MB) is a fresh mmap whose pages fault in on first write, which made a
@@ -39,6 +41,14 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Score detections against ground truth (COCO, VOC07, VOC12 or ultralytics metrics).
+    Map(eval_cmd::MapArgs),
+    /// Time the detection metrics on a COCO-val-sized synthetic evaluation.
+    BenchEval(eval_cmd::BenchEvalArgs),
+    /// Write the synthetic detection benchmark in VOC, COCO or YOLO format.
+    Synth(data_cmd::SynthArgs),
+    /// Time the data loader (decode, letterbox, mosaic, augmentations) on a dataset.
+    BenchLoader(data_cmd::BenchLoaderArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +65,10 @@ fn main() -> ExitCode {
     }
     let result: Result<()> = match cli.cmd {
         Cmd::Quant { input, out, device } => cli::quant(&input, &out, &device),
+        Cmd::Map(args) => eval_cmd::map(args),
+        Cmd::BenchEval(args) => eval_cmd::bench_eval(args),
+        Cmd::Synth(args) => data_cmd::synth(args),
+        Cmd::BenchLoader(args) => data_cmd::bench_loader(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
