@@ -10,7 +10,7 @@ test:
 
 # Criterion benches (quantizer kernels, conv step); numbers go to docs/BENCHMARKS.md.
 bench:
-    cargo bench --bench quant --bench conv
+    cargo bench --bench quant --bench conv --bench eval --bench loader
 
 # Assemble the CUDA 13.0 toolkit from PyPI wheels and build q2 with --features cuda.
 cuda:
@@ -19,3 +19,7 @@ cuda:
 # Regenerate the PyTorch reference fixtures (needs tools/.venv with torch; see tools/README.md).
 fixtures:
     tools/.venv/bin/python tools/make_fixtures.py --out tests/fixtures
+
+# Write the synthetic detection benchmark (VOC, COCO or YOLO layout) to DIR.
+synth dir="data/synth" format="yolo" images="2000" seed="0":
+    cargo run --release --bin q2 -- synth --out {{dir}} --format {{format}} --images {{images}} --seed {{seed}}
