@@ -116,9 +116,11 @@ impl Optimizer for Sgd {
             let lr = g.lr * g.lr_scale;
             for (p, buf) in g.params.iter().zip(bufs.iter_mut()) {
                 let Some(grad) = grads.grad(p) else { continue };
-                let mut d = grad.clone();
+                // Detached: a gradient computed from activations still references the forward graph, and
+                // a momentum buffer built from it would keep every step's graph alive.
+                let mut d = grad.detach();
                 if g.weight_decay != 0.0 {
-                    d = (d + (p.as_tensor() * g.weight_decay)?)?;
+                    d = (d + (p.as_tensor().detach() * g.weight_decay)?)?;
                 }
                 if g.momentum != 0.0 {
                     let b = match buf.take() {
@@ -166,9 +168,11 @@ impl Optimizer for Adam {
             let (b1, b2, lr) = (g.momentum, self.beta2, g.lr * g.lr_scale);
             for (p, st) in g.params.iter().zip(states.iter_mut()) {
                 let Some(grad) = grads.grad(p) else { continue };
-                let mut d = grad.clone();
+                // Detached: a gradient computed from activations still references the forward graph, and
+                // a momentum buffer built from it would keep every step's graph alive.
+                let mut d = grad.detach();
                 if g.weight_decay != 0.0 {
-                    d = (d + (p.as_tensor() * g.weight_decay)?)?;
+                    d = (d + (p.as_tensor().detach() * g.weight_decay)?)?;
                 }
                 let (step, m, v) = match st.take() {
                     None => (0, d.zeros_like()?, d.zeros_like()?),
@@ -205,8 +209,10 @@ impl GradAccumulator {
     pub fn add<'a>(&mut self, params: impl IntoIterator<Item = &'a Var>, grads: &GradStore) -> Result<()> {
         for p in params {
             let Some(g) = grads.get(p.as_tensor()) else { continue };
+            // Detached, so that the sums do not keep the batches' forward graphs alive.
+            let g = g.detach();
             match self.index.get(&p.id()) {
-                Some(&i) => self.sums[i].1 = (&self.sums[i].1 + g)?,
+                Some(&i) => self.sums[i].1 = (&self.sums[i].1 + &g)?,
                 None => {
                     self.index.insert(p.id(), self.sums.len());
                     self.sums.push((p.clone(), g.copy()?));
@@ -223,6 +229,23 @@ impl GradAccumulator {
 
     pub fn is_empty(&self) -> bool {
         self.sums.is_empty()
+    }
+
+    /// The accumulated sums, in the order parameters were first seen (for checkpoints).
+    pub fn sums(&self) -> &[(Var, Tensor)] {
+        &self.sums
+    }
+
+    /// Sets the accumulated sum of one parameter (restoring a checkpoint).
+    pub fn set(&mut self, v: &Var, sum: Tensor) {
+        let sum = sum.detach();
+        match self.index.get(&v.id()) {
+            Some(&i) => self.sums[i].1 = sum,
+            None => {
+                self.index.insert(v.id(), self.sums.len());
+                self.sums.push((v.clone(), sum));
+            }
+        }
     }
 
     /// `torch.nn.utils.clip_grad_norm_`: scales all gradients by max_norm/(‖g‖ + 1e-6) when that
@@ -246,5 +269,32 @@ impl GradAccumulator {
 impl Grads for GradAccumulator {
     fn grad(&self, v: &Var) -> Option<&Tensor> {
         self.index.get(&v.id()).map(|&i| &self.sums[i].1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A gradient computed through activations can reference the forward graph, and weight decay
+    /// mixes in the parameter (a variable): optimizer state and accumulated sums must track
+    /// nothing, or each step's buffers keep the previous step's alive (a training run grew by
+    /// gigabytes per minute before this was fixed).
+    #[test]
+    fn optimizer_state_and_sums_hold_no_graph() {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::new(&[0.5f32, -1.0, 2.0], &dev).unwrap()).unwrap();
+        let act = Tensor::new(&[1.0f32, 2.0, 3.0], &dev).unwrap().exp().unwrap();
+        let loss = w.as_tensor().mul(&act.sin().unwrap()).unwrap().sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let mut acc = GradAccumulator::new();
+        acc.add([&w], &grads).unwrap();
+        acc.add([&w], &grads).unwrap();
+        assert!(acc.sums().iter().all(|(_, s)| !s.track_op()));
+        let mut sgd = Sgd::new(vec![ParamGroup::new("w", vec![w.clone()], 0.1, 0.9, 1e-4)], true);
+        sgd.step(&acc).unwrap();
+        sgd.step(&grads).unwrap();
+        assert!(sgd.buffers().iter().flatten().flatten().all(|b| !b.track_op()));
     }
 }
