@@ -1188,14 +1188,21 @@ fn fill_rect(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3])
 
 /// Draws each object's box (class colour) and class index (2× scaled digits on a black tag).
 pub fn draw_boxes(img: &mut RgbImage, objects: &[SynthObject]) {
-    for o in objects {
-        let c = class_colour(o.class);
-        let [x1, y1, x2, y2] = o.bbox.map(|v| v as i64);
+    let boxes: Vec<(usize, [f32; 4])> = objects.iter().map(|o| (o.class, o.bbox.map(|v| v as f32))).collect();
+    draw_labelled_boxes(img, &boxes);
+}
+
+/// Draws `(class, [x1, y1, x2, y2])` boxes in pixels (class colour, 1 px frame) with the class
+/// index on a black tag above each box; parts outside the image are clipped.
+pub fn draw_labelled_boxes(img: &mut RgbImage, boxes: &[(usize, [f32; 4])]) {
+    for &(class, bbox) in boxes {
+        let c = class_colour(class);
+        let [x1, y1, x2, y2] = bbox.map(|v| v.round() as i64);
         fill_rect(img, x1, y1, x2, y1 + 1, c);
         fill_rect(img, x1, y2 - 1, x2, y2, c);
         fill_rect(img, x1, y1, x1 + 1, y2, c);
         fill_rect(img, x2 - 1, y1, x2, y2, c);
-        let digits: Vec<usize> = o.class.to_string().bytes().map(|b| (b - b'0') as usize).collect();
+        let digits: Vec<usize> = class.to_string().bytes().map(|b| (b - b'0') as usize).collect();
         let (tw, th) = (digits.len() as i64 * 8 + 2, 12);
         let (tx, ty) = (x1, (y1 - th).max(0));
         fill_rect(img, tx, ty, tx + tw, ty + th, [0, 0, 0]);

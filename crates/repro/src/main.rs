@@ -10,6 +10,10 @@ use clap::{Parser, Subcommand};
 mod cli;
 mod data_cmd;
 mod eval_cmd;
+mod yolo_cmd;
+mod bench_cmd;
+mod infer_cmd;
+mod train;
 
 /// mimalloc keeps freed memory mapped for reuse. With glibc's allocator every tensor above the
 /// mmap threshold (a few MB) is a fresh mmap whose pages fault in on first write, which made a
@@ -49,6 +53,18 @@ enum Cmd {
     Synth(data_cmd::SynthArgs),
     /// Time the data loader (decode, letterbox, mosaic, augmentations) on a dataset.
     BenchLoader(data_cmd::BenchLoaderArgs),
+    /// Per-layer parameters, total parameters and GFLOPs at 640 of a YOLO model (as ultralytics).
+    Summary(yolo_cmd::SummaryArgs),
+    /// One eval forward of a YOLO model: raw head outputs and decoded predictions to safetensors.
+    Forward(yolo_cmd::ForwardArgs),
+    /// Train a YOLO model in full precision (YOLOv5 train.py's recipe); resumable.
+    Train(train::TrainArgs),
+    /// Detect objects in image files: COCO-results JSON and annotated PNGs.
+    Detect(infer_cmd::DetectArgs),
+    /// Score a model on a dataset split (YOLOv5 val.py metrics, COCO and VOC).
+    Val(infer_cmd::ValArgs),
+    /// Time one training step (forward, loss, backward, SGD) of a YOLO model, FP or QAT.
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +85,12 @@ fn main() -> ExitCode {
         Cmd::BenchEval(args) => eval_cmd::bench_eval(args),
         Cmd::Synth(args) => data_cmd::synth(args),
         Cmd::BenchLoader(args) => data_cmd::bench_loader(args),
+        Cmd::Summary(args) => yolo_cmd::summary(args),
+        Cmd::Forward(args) => yolo_cmd::forward(args),
+        Cmd::Train(args) => train::train_cmd(args),
+        Cmd::Bench(args) => bench_cmd::bench(args),
+        Cmd::Detect(args) => infer_cmd::detect(args),
+        Cmd::Val(args) => infer_cmd::val(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
