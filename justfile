@@ -23,3 +23,8 @@ fixtures:
 # Write the synthetic detection benchmark (VOC, COCO or YOLO layout) to DIR.
 synth dir="data/synth" format="yolo" images="2000" seed="0":
     cargo run --release --bin q2 -- synth --out {{dir}} --format {{format}} --images {{images}} --seed {{seed}}
+
+# The current main job: the synthetic benchmark and a short full-precision YOLOv5n training on it.
+demo:
+    cargo run --release --bin q2 -- synth --out data/synth --images 500 --force
+    cargo run --release --bin q2 -- train --data data/synth --model yolov5n --img 256 --epochs 5 --out runs/demo --force
