@@ -14,6 +14,7 @@
 //! Every component is checked against PyTorch in `tests/` (fixtures made by `tools/make_fixtures.py`).
 
 pub mod bn;
+pub mod compare;
 pub mod conv;
 pub mod ema;
 pub mod error;

@@ -107,22 +107,8 @@ fn forward_matches_the_pytorch_fixture() {
     assert_eq!(keys, ["decoded", "p3_raw", "p4_raw", "p5_raw"]);
     for k in keys {
         let w: &Tensor = &want[&format!("a.{k}")];
-        let d = (&got[&k] - w)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let m = w
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d / m <= 1e-4, "{k}: {}", d / m);
+        let r = q2_nn::compare::max_rel_diff(&got[&k], w).unwrap();
+        assert!(r <= 1e-4, "{k}: {r}");
     }
 }
 

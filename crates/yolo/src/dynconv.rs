@@ -306,14 +306,7 @@ mod tests {
                 .unwrap()
                 .into_tensor();
             let b = dynamic.forward(&x, mode).unwrap();
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = q2_nn::compare::max_abs_diff(&a, &b).unwrap();
             assert!(d < 1e-6, "{mode:?}: {d}");
         }
         let rv = |n: &str| store.get(n).unwrap().var.to_vec1::<f32>().unwrap();

@@ -16,23 +16,7 @@ use q2_yolo::{build, HeadOut};
 const NC: usize = 3;
 
 fn rel(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims());
-    let d = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let m = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / m.max(1e-30)
+    q2_nn::compare::max_rel_diff(got, want).unwrap() as f32
 }
 
 fn check(name: &str) {

@@ -56,14 +56,7 @@ fn save_load_round_trip() {
         let x = recipe_tensor("input.a", &[1, 3, 64, 64], &Device::Cpu).unwrap();
         let ya = a.decode(&a.forward(&x, Mode::Eval).unwrap()).unwrap();
         let yb = b.decode(&b.forward(&x, Mode::Eval).unwrap()).unwrap();
-        let d = (ya - yb)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = q2_nn::compare::max_abs_diff(&ya, &yb).unwrap();
         assert_eq!(d, 0.0);
     }
 }
@@ -153,14 +146,7 @@ fn full_precision_weights_load_into_a_quantized_model_that_calibrates_and_runs()
     q.calibrate(&x).unwrap();
     let yq = q.decode(&q.forward(&x, Mode::Eval).unwrap()).unwrap();
     let yf = fp.decode(&fp.forward(&x, Mode::Eval).unwrap()).unwrap();
-    let d = (&yq - &yf)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = q2_nn::compare::max_abs_diff(&yq, &yf).unwrap();
     assert!(
         d > 0.0
             && yq
