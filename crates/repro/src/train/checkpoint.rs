@@ -26,7 +26,8 @@ pub struct Meta {
     pub ni: usize,
     /// `ni` at the last optimizer step.
     pub last_opt_step: usize,
-    pub best_fitness: f64,
+    /// Best validation fitness so far (`None` before the first validation).
+    pub best_fitness: Option<f64>,
     pub best_epoch: Option<usize>,
     pub ema_updates: u64,
     /// The resolved configuration (TOML) the run was started with.

@@ -159,7 +159,7 @@ impl RunFiles {
 pub struct TrainSummary {
     pub epochs_done: usize,
     pub best_epoch: Option<usize>,
-    pub best_fitness: f64,
+    pub best_fitness: Option<f64>,
     pub last: Option<validate::ValMetrics>,
     pub out: PathBuf,
 }
@@ -200,7 +200,7 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
             summary.epochs_done,
             m.map50,
             m.map50_95,
-            summary.best_fitness,
+            summary.best_fitness.unwrap_or(f64::NAN),
             summary.best_epoch.map(|e| e.to_string()).unwrap_or("-".into()),
             summary.out.display()
         );
@@ -257,7 +257,7 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
         epochs_done: 0,
         ni: 0,
         last_opt_step: 0,
-        best_fitness: f64::NEG_INFINITY,
+        best_fitness: None,
         best_epoch: None,
         ema_updates: 0,
         config: cfg.to_toml(),
@@ -348,8 +348,8 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
         ema.copy_to(ema_model.store())?;
         ema_model.store().save_safetensors(&files.last)?;
         if let Some(v) = &val {
-            if v.fitness() > meta.best_fitness {
-                meta.best_fitness = v.fitness();
+            if meta.best_fitness.is_none_or(|b| v.fitness() > b) {
+                meta.best_fitness = Some(v.fitness());
                 meta.best_epoch = Some(epoch);
                 ema_model.store().save_safetensors(&files.best)?;
             }
