@@ -60,18 +60,27 @@ pub trait Detector: Send + Sync {
     fn anchors(&self) -> Vec<[(f32, f32); 3]>;
     /// The parameters and buffers, keyed by ultralytics `state_dict` names.
     fn store(&self) -> &ParamStore;
+    /// One pass through the network under a context (BN mode, calibration, operation counting):
+    /// the Detect inputs and the head outputs. The passes below are built on it.
+    fn run(&self, x: &Tensor, cx: crate::blocks::Ctx<'_>) -> crate::Result<([Tensor; 3], HeadOut)>;
     /// Forward pass on a (B, 3, H, W) float32 batch in [0, 1] (H, W multiples of 32).
-    fn forward(&self, x: &Tensor, mode: Mode) -> crate::Result<HeadOut>;
+    fn forward(&self, x: &Tensor, mode: Mode) -> crate::Result<HeadOut> {
+        Ok(self.run(x, crate::blocks::Ctx::new(mode))?.1)
+    }
     /// The three Detect inputs (P3, P4, P5 neck outputs) together with the head outputs: the
     /// features Q-ADA aligns.
-    fn forward_features(&self, x: &Tensor, mode: Mode) -> crate::Result<([Tensor; 3], HeadOut)>;
+    fn forward_features(&self, x: &Tensor, mode: Mode) -> crate::Result<([Tensor; 3], HeadOut)> {
+        self.run(x, crate::blocks::Ctx::new(mode))
+    }
     /// Inference decoding of raw outputs (the `decoded` tensor of `q2 forward`): YOLOv5
     /// (B, Σ na·h·w, 5+nc) with cx, cy, w, h in pixels, objectness and class sigmoids, rows by
     /// level then (a·h + gy)·w + gx; YOLO11 (B, 4+nc, A) with cx, cy, w, h in pixels then class
     /// sigmoids, anchors by level then gy·w + gx.
     fn decode(&self, out: &HeadOut) -> crate::Result<Tensor>;
     /// Data-driven initialisation of every quantizer from one calibration batch (no-op in FP).
-    fn calibrate(&self, x: &Tensor) -> crate::Result<()>;
+    fn calibrate(&self, x: &Tensor) -> crate::Result<()> {
+        self.run(x, crate::blocks::Ctx { calib: true, ..crate::blocks::Ctx::new(Mode::Eval) }).map(|_| ())
+    }
 
     /// The ultralytics-style layer table (index, from, repeats, module, arguments) for
     /// `q2 summary`; parameters are filled in by [`crate::summary::summarize`].

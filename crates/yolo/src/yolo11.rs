@@ -189,21 +189,14 @@ macro_rules! yolo11_scale {
             fn store(&self) -> &q2_nn::ParamStore {
                 &self.store
             }
-            fn forward(&self, x: &candle_core::Tensor, mode: q2_nn::Mode) -> $crate::Result<$crate::HeadOut> {
-                Ok(self.run(x, $crate::blocks::Ctx::new(mode))?.1)
-            }
-            fn forward_features(&self, x: &candle_core::Tensor, mode: q2_nn::Mode) -> $crate::Result<([candle_core::Tensor; 3], $crate::HeadOut)> {
-                self.run(x, $crate::blocks::Ctx::new(mode))
+            fn run(&self, x: &candle_core::Tensor, cx: $crate::blocks::Ctx<'_>) -> $crate::Result<([candle_core::Tensor; 3], $crate::HeadOut)> {
+                $name::run(self, x, cx)
             }
             fn decode(&self, out: &$crate::HeadOut) -> $crate::Result<candle_core::Tensor> {
                 match out {
                     $crate::HeadOut::V11 { box_raw, cls_raw } => $crate::detect::decode_v11(box_raw, cls_raw, &self.det.dfl),
                     _ => Err($crate::YoloError::Invalid(format!("{}: cannot decode YOLOv5 head outputs", $id))),
                 }
-            }
-            fn calibrate(&self, x: &candle_core::Tensor) -> $crate::Result<()> {
-                let cx = $crate::blocks::Ctx { calib: true, ..$crate::blocks::Ctx::new(q2_nn::Mode::Eval) };
-                self.run(x, cx).map(|_| ())
             }
             fn layer_table(&self) -> Vec<$crate::summary::LayerRow> {
                 $name::layer_table(self)
