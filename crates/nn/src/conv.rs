@@ -9,6 +9,7 @@
 use candle_core::{Tensor, Var};
 
 use crate::bn::BatchNorm2d;
+pub use crate::gemm_conv::conv2d;
 use crate::store::{Init, Role, Scope};
 use crate::{Feat, Mode, NnError, Result};
 
@@ -55,13 +56,8 @@ impl<const I: usize, const O: usize, const K: usize, const S: usize> Conv<I, O, 
 
     /// The same layer with `x` and the weight `w` supplied (e.g. fake-quantized versions).
     pub fn forward_with(&self, x: &Tensor, w: &Tensor, mode: Mode) -> Result<Feat<O>> {
-        let y = x.conv2d(w, K / 2, S, 1, self.groups)?;
-        let y = self.bn.forward(&y, mode)?;
-        let y = match self.act {
-            Act::SiLU => y.silu()?,
-            Act::Identity => y,
-        };
-        Feat::new(y)
+        let y = conv2d(x, w, K / 2, S, self.groups)?;
+        Feat::new(self.bn.forward_act(&y, mode, self.act)?)
     }
 }
 
@@ -87,7 +83,7 @@ impl<const I: usize, const O: usize, const K: usize, const S: usize> Conv2d<I, O
     }
 
     pub fn forward_with(&self, x: &Tensor, w: &Tensor) -> Result<Feat<O>> {
-        let y = x.conv2d(w, K / 2, S, 1, 1)?;
+        let y = conv2d(x, w, K / 2, S, 1)?;
         Feat::new(y.broadcast_add(&self.bias.as_tensor().reshape((1, O, 1, 1))?)?)
     }
 }

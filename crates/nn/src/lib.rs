@@ -6,6 +6,8 @@
 //!   arithmetic (concat) checked at compile time;
 //! - [`conv`], [`bn`], [`ops`]: the ultralytics building layers (Conv = Conv2d + BatchNorm2d +
 //!   SiLU, plain Conv2d with bias, nearest 2x upsample, max-pool k5 s1 p2, channel concat);
+//! - [`gemm_conv`], [`bn_act`], [`kernels`]: the fast CPU path (GEMM convolution with its own
+//!   backward, BatchNorm fused with its activation) and the switch back to candle's ops;
 //! - [`store`]: a parameter store keyed by ultralytics `state_dict` names, with safetensors IO;
 //! - [`optim`], [`sched`], [`ema`]: SGD (Nesterov) / Adam with YOLOv5's parameter groups,
 //!   YOLOv5's LR schedules and warm-up, and the weight EMA;
@@ -14,12 +16,15 @@
 //! Every component is checked against PyTorch in `tests/` (fixtures made by `tools/make_fixtures.py`).
 
 pub mod bn;
+pub mod bn_act;
 pub mod compare;
 pub mod conv;
 pub mod ema;
 pub mod error;
 pub mod feat;
 pub mod fsutil;
+pub mod gemm_conv;
+pub mod kernels;
 pub mod ops;
 pub mod optim;
 pub mod sched;

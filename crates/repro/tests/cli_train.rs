@@ -118,10 +118,10 @@ fn a_diverging_run_stops_and_names_its_last_good_state() {
     let d = data.to_str().unwrap();
     let a = dir.path().join("a");
     ok(&q2(&train_args(d, a.to_str().unwrap(), "yolov5n", "1")));
-    // Weights whose first BatchNorm shift is 1e38: activations overflow to inf/NaN.
+    // Weights whose first conv kernel is all 1e38: its outputs overflow to inf, then NaN.
     let w = a.join("last.safetensors");
     let mut t = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
-    let k = "model.0.bn.bias";
+    let k = "model.0.conv.weight";
     let huge = (t[k].ones_like().unwrap() * 1e38).unwrap();
     t.insert(k.to_string(), huge);
     let bad = dir.path().join("diverging.safetensors");

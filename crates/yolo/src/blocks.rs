@@ -150,12 +150,8 @@ pub fn run_padded<const I: usize, const O: usize, const K: usize, const S: usize
         Some(q) => q.forward(c.conv.weight.as_tensor())?,
         None => c.conv.weight.as_tensor().clone(),
     };
-    let y = xq.conv2d(&w, pad, S, 1, c.conv.groups)?;
-    let y = c.conv.bn.forward(&y, cx.mode)?;
-    let y = match c.conv.act {
-        Act::SiLU => y.silu()?,
-        Act::Identity => y,
-    };
+    let y = q2_nn::conv::conv2d(&xq, &w, pad, S, c.conv.groups)?;
+    let y = c.conv.bn.forward_act(&y, cx.mode, c.conv.act)?;
     if cx.prof.is_some() {
         let n = y.elem_count();
         cx.count(n * (I / c.conv.groups) * K * K + 4 * n);

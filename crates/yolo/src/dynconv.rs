@@ -11,92 +11,15 @@
 //! wraps its outputs back into `Feat<C>` wherever the width is a constant.
 
 use candle_core::{Tensor, Var};
-use q2_nn::conv::Act;
+use q2_nn::conv::{conv2d, Act};
 use q2_nn::store::{Init, Role, Scope};
 use q2_nn::{Mode, NnError};
 use q2_quant::{build, LayerQuant, Quantizer};
 
 use crate::Result;
 
-/// BatchNorm2d with a run-time channel count; the same arithmetic as `q2_nn::bn::BatchNorm2d`
-/// (PyTorch semantics: biased batch variance for normalising, unbiased for the running update).
-#[derive(Clone, Debug)]
-pub struct DynBn {
-    pub channels: usize,
-    pub weight: Var,
-    pub bias: Var,
-    pub running_mean: Var,
-    pub running_var: Var,
-    pub num_batches_tracked: Var,
-    pub eps: f64,
-    pub momentum: f64,
-}
-
-impl DynBn {
-    pub fn new(s: &mut Scope, channels: usize) -> Result<Self> {
-        Ok(Self {
-            channels,
-            weight: s.add("weight", channels, Role::NormWeight, Init::Const(1.0))?,
-            bias: s.add("bias", channels, Role::Bias, Init::Const(0.0))?,
-            running_mean: s.add("running_mean", channels, Role::Buffer, Init::Const(0.0))?,
-            running_var: s.add("running_var", channels, Role::Buffer, Init::Const(1.0))?,
-            num_batches_tracked: s.add_i64("num_batches_tracked", ())?,
-            eps: 1e-3,
-            momentum: 0.03,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let c4 = |t: &Tensor| t.reshape((1, c, 1, 1));
-        if c != self.channels {
-            return Err(NnError::Channels {
-                what: "BatchNorm2d".into(),
-                expected: self.channels,
-                got: x.dims().to_vec(),
-            }
-            .into());
-        }
-        match mode {
-            Mode::Eval => {
-                let scale = self
-                    .weight
-                    .as_tensor()
-                    .div(&(self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
-                let shift = (self.bias.as_tensor() - self.running_mean.as_tensor().mul(&scale)?)?;
-                Ok(x.broadcast_mul(&c4(&scale)?)?.broadcast_add(&c4(&shift)?)?)
-            }
-            Mode::Train => {
-                let n = b * h * w;
-                if n < 2 {
-                    return Err(NnError::Invalid(format!(
-                        "BatchNorm2d: expected more than 1 value per channel when training, got input {:?}",
-                        x.dims()
-                    ))
-                    .into());
-                }
-                let mean = x.mean_keepdim((0, 2, 3))?;
-                let xc = x.broadcast_sub(&mean)?;
-                let var = xc.sqr()?.mean_keepdim((0, 2, 3))?;
-                let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
-                let y = xc
-                    .broadcast_mul(&inv_std)?
-                    .broadcast_mul(&c4(self.weight.as_tensor())?)?
-                    .broadcast_add(&c4(self.bias.as_tensor())?)?;
-                let m = self.momentum;
-                let unbiased = (var.detach().flatten_all()? * (n as f64 / (n as f64 - 1.0)))?;
-                let rm = ((mean.detach().flatten_all()? * m)?
-                    + (self.running_mean.as_tensor() * (1.0 - m))?)?;
-                let rv = ((unbiased * m)? + (self.running_var.as_tensor() * (1.0 - m))?)?;
-                self.running_mean.set(&rm)?;
-                self.running_var.set(&rv)?;
-                self.num_batches_tracked
-                    .set(&(self.num_batches_tracked.as_tensor() + 1.0)?)?;
-                Ok(y)
-            }
-        }
-    }
-}
+/// BatchNorm2d with a run-time channel count (`q2_nn::bn::Bn`).
+pub type DynBn = q2_nn::bn::Bn;
 
 /// Geometry of a [`QConvDyn`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,16 +163,14 @@ impl QConvDyn {
             Some(q) => q.forward(self.weight.as_tensor())?,
             None => self.weight.as_tensor().clone(),
         };
-        let mut y = xq.conv2d(&w, g.p, g.s, 1, g.groups)?;
+        let mut y = conv2d(&xq, &w, g.p, g.s, g.groups)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.as_tensor().reshape((1, g.cout, 1, 1))?)?;
         }
-        if let Some(bn) = &self.bn {
-            y = bn.forward(&y, mode)?;
-        }
-        Ok(match self.act {
-            Act::SiLU => y.silu()?,
-            Act::Identity => y,
+        Ok(match &self.bn {
+            Some(bn) => bn.forward_act(&y, mode, self.act)?,
+            None if self.act == Act::SiLU => y.silu()?,
+            None => y,
         })
     }
 
