@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::conv::Act;
 use crate::ops::cpu_f32;
+use crate::profile::{self, Op};
 use crate::Result;
 
 /// Per-channel batch mean and biased variance of a (B, C, H, W) CPU f32 tensor.
@@ -46,21 +47,25 @@ impl CustomOp1 for Stats {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_f32(s, l, self.name())?;
-        let (b, c, hw) = bchw(l)?;
-        let n = (b * hw) as f64;
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let planes = || (0..b).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-                let mean = planes().map(|p| p.iter().map(|v| *v as f64).sum::<f64>()).sum::<f64>() / n;
-                let var = planes().map(|p| p.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>()).sum::<f64>() / n;
-                (mean as f32, var as f32)
-            })
-            .collect();
-        let mut out: Vec<f32> = stats.iter().map(|s| s.0).collect();
-        out.extend(stats.iter().map(|s| s.1));
-        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        profile::timed(Op::BnStats, || -> candle_core::Result<(CpuStorage, Shape)> {
+            let x = cpu_f32(s, l, self.name())?;
+            let (b, c, hw) = bchw(l)?;
+            let n = (b * hw) as f64;
+            let stats: Vec<(f32, f32)> = (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let planes = || (0..b).map(move |i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+                    // Shifted by the first value (exact for constant channels), then corrected.
+                    let shift = x[ch * hw];
+                    let (s1, s2) = planes().map(|p| plane_moments(p, shift)).fold((0f64, 0f64), |a, m| (a.0 + m.0, a.1 + m.1));
+                    let d = s1 / n;
+                    ((shift as f64 + d) as f32, (s2 / n - d * d).max(0.0) as f32)
+                })
+                .collect();
+            let mut out: Vec<f32> = stats.iter().map(|s| s.0).collect();
+            out.extend(stats.iter().map(|s| s.1));
+            Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        })
     }
 }
 
@@ -71,9 +76,131 @@ struct BnAct {
     act: Act,
 }
 
-#[inline]
+/// `eˣ` to within 2 ulp, branch-free so loops over it vectorize: `2ᵏ·p(r)` with
+/// `k = round(x·log₂e)`, `r = x − k·ln 2` (Cody–Waite split) and a degree-6 Taylor polynomial on
+/// |r| ≤ ln2/2. Inputs are clamped to [−87.3, 88.3] (results stay finite and normal); NaN stays NaN.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding and subtracting it rounds to an integer
+    let x = x.clamp(-87.3, 88.3);
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let k = t - ROUND;
+    let r = (x - k * 0.693_145_75) - k * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // k as an integer sits in t's low mantissa bits (no float→int conversion, which would not
+    // vectorize); 2ᵏ is then built from its exponent field.
+    let ki = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    p * f32::from_bits((ki.wrapping_add(127) as u32) << 23)
+}
+
+#[inline(always)]
 fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
+    1.0 / (1.0 + exp_approx(-z))
+}
+
+/// Defines `$name(args)`: the `#[inline(always)]` body compiled for AVX2+FMA when the CPU has
+/// them (chosen once per call), for the baseline target otherwise.
+macro_rules! multiversion {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) -> $r {
+            #[inline(always)]
+            fn generic($($a: $t),*) -> $r $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($a: $t),*) -> $r {
+                generic($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { avx2($($a),*) };
+            }
+            generic($($a),*)
+        }
+    };
+}
+
+/// Lanes of the plane reductions: independent partial sums the compiler can keep in one vector.
+const LANES: usize = 8;
+
+multiversion! {
+    /// Σ (x − m) and Σ (x − m)² of one plane (m: a shift for accuracy).
+    fn plane_moments(x: &[f32], m: f32) -> (f64, f64) {
+        let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
+        let n = x.len() / LANES * LANES;
+        for ch in x[..n].chunks_exact(LANES) {
+            for j in 0..LANES {
+                let d = ch[j] - m;
+                s1[j] += d;
+                s2[j] += d * d;
+            }
+        }
+        let (mut t1, mut t2) = (s1.iter().map(|v| *v as f64).sum::<f64>(), s2.iter().map(|v| *v as f64).sum::<f64>());
+        for v in &x[n..] {
+            let d = (v - m) as f64;
+            t1 += d;
+            t2 += d * d;
+        }
+        (t1, t2)
+    }
+}
+
+multiversion! {
+    /// y = act(k·x + sh) over one plane.
+    fn forward_plane(k: f32, sh: f32, silu: bool, x: &[f32], y: &mut [f32]) -> () {
+        if silu {
+            for (y, x) in y.iter_mut().zip(x) {
+                let z = k * x + sh;
+                *y = z * sigmoid(z);
+            }
+        } else {
+            for (y, x) in y.iter_mut().zip(x) {
+                *y = k * x + sh;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// dz = dy·act′(k·x + sh) into `dz`; returns (Σ dz, Σ dz·(x − m)·inv).
+    fn grad_plane(k: f32, sh: f32, m: f32, inv: f32, silu: bool, x: &[f32], gy: &[f32], dz: &mut [f32]) -> (f64, f64) {
+        let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
+        let n = x.len() / LANES * LANES;
+        let one = |x: f32, g: f32| -> f32 {
+            if silu {
+                let z = k * x + sh;
+                let s = sigmoid(z);
+                g * s * (1.0 + z * (1.0 - s))
+            } else {
+                g
+            }
+        };
+        for ((xc, gc), dc) in x[..n].chunks_exact(LANES).zip(gy[..n].chunks_exact(LANES)).zip(dz[..n].chunks_exact_mut(LANES)) {
+            for j in 0..LANES {
+                let d = one(xc[j], gc[j]);
+                dc[j] = d;
+                s1[j] += d;
+                s2[j] += d * ((xc[j] - m) * inv);
+            }
+        }
+        let (mut t1, mut t2) = (s1.iter().map(|v| *v as f64).sum::<f64>(), s2.iter().map(|v| *v as f64).sum::<f64>());
+        for ((x, g), d) in x[n..].iter().zip(&gy[n..]).zip(&mut dz[n..]) {
+            *d = one(*x, *g);
+            t1 += *d as f64;
+            t2 += (*d * ((x - m) * inv)) as f64;
+        }
+        (t1, t2)
+    }
+}
+
+multiversion! {
+    /// dx = k·(dz − a − (x − m)·inv·b), in place over `dz`.
+    fn input_grad_plane(k: f32, m: f32, inv: f32, a: f32, b: f32, x: &[f32], dz: &mut [f32]) -> () {
+        for (d, x) in dz.iter_mut().zip(x) {
+            *d = k * (*d - a - (x - m) * inv * b);
+        }
+    }
 }
 
 impl BnAct {
@@ -105,22 +232,18 @@ impl CustomOp3 for BnAct {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_f32(xs, xl, self.name())?;
-        let (gamma, beta) = (cpu_f32(gs, gl, self.name())?, cpu_f32(bs, bl, self.name())?);
-        let (_, c, hw) = bchw(xl)?;
-        self.check(c, gamma, beta)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(i, (yp, xp))| {
-            let (k, sh) = self.affine(i % c, gamma, beta);
-            match self.act {
-                Act::SiLU => yp.iter_mut().zip(xp).for_each(|(y, x)| {
-                    let z = k * x + sh;
-                    *y = z * sigmoid(z);
-                }),
-                Act::Identity => yp.iter_mut().zip(xp).for_each(|(y, x)| *y = k * x + sh),
-            }
-        });
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        profile::timed(Op::BnActForward, || -> candle_core::Result<(CpuStorage, Shape)> {
+            let x = cpu_f32(xs, xl, self.name())?;
+            let (gamma, beta) = (cpu_f32(gs, gl, self.name())?, cpu_f32(bs, bl, self.name())?);
+            let (_, c, hw) = bchw(xl)?;
+            self.check(c, gamma, beta)?;
+            let mut y = vec![0f32; x.len()];
+            y.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(i, (yp, xp))| {
+                let (k, sh) = self.affine(i % c, gamma, beta);
+                forward_plane(k, sh, self.act == Act::SiLU, xp, yp);
+            });
+            Ok((CpuStorage::F32(y), xl.shape().clone()))
+        })
     }
 
     fn bwd(
@@ -166,70 +289,56 @@ impl CustomOp3 for BnActGrad {
         ps: &CpuStorage,
         pl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = &self.0;
-        let x = cpu_f32(xs, xl, self.name())?;
-        let gy = cpu_f32(gs, gl, self.name())?;
-        let gb = cpu_f32(ps, pl, self.name())?;
-        let (b, c, hw) = bchw(xl)?;
-        if gy.len() != x.len() || gb.len() != 2 * c {
-            bail!("{}: gradient {:?} or parameters {:?} do not match input {:?}", self.name(), gl.dims(), pl.dims(), xl.dims())
-        }
-        let (gamma, beta) = gb.split_at(c);
-        op.check(c, gamma, beta)?;
-        let n = x.len();
-        let mut out = vec![0f32; n + 2 * c];
-        let (dx, dpar) = out.split_at_mut(n);
-        let dz_ptr = Shared(dx.as_mut_ptr());
-        // Pass 1, per channel: dz into dx's storage, and the two sums.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let dz_ptr = dz_ptr;
-                let (k, sh) = op.affine(ch, gamma, beta);
-                let (m, inv) = (op.mean[ch], op.inv_std[ch]);
-                let (mut s1, mut s2) = (0f64, 0f64);
-                for i in 0..b {
-                    let off = (i * c + ch) * hw;
-                    // SAFETY: plane (i, ch) belongs to this channel's worker only.
-                    let dz = unsafe { std::slice::from_raw_parts_mut(dz_ptr.0.add(off), hw) };
-                    let (xp, gp) = (&x[off..off + hw], &gy[off..off + hw]);
-                    let (mut a1, mut a2) = (0f32, 0f32);
-                    for ((d, xv), g) in dz.iter_mut().zip(xp).zip(gp) {
-                        let z = k * xv + sh;
-                        let dzv = match op.act {
-                            Act::SiLU => {
-                                let s = sigmoid(z);
-                                g * s * (1.0 + z * (1.0 - s))
-                            }
-                            Act::Identity => *g,
-                        };
-                        *d = dzv;
-                        a1 += dzv;
-                        a2 += dzv * (xv - m) * inv;
-                    }
-                    s1 += a1 as f64;
-                    s2 += a2 as f64;
-                }
-                (s1, s2)
-            })
-            .collect();
-        for (ch, (s1, s2)) in sums.iter().enumerate() {
-            dpar[ch] = *s2 as f32;
-            dpar[c + ch] = *s1 as f32;
-        }
-        // Pass 2, per plane: dx = γ·inv·(dz − dβ/n − x̂·dγ/n).
-        let cnt = (b * hw) as f64;
-        dx.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(i, (dp, xp))| {
-            let ch = i % c;
-            let (m, inv) = (op.mean[ch], op.inv_std[ch]);
-            let k = gamma[ch] * inv;
-            let a = (sums[ch].0 / cnt) as f32;
-            let bb = (sums[ch].1 / cnt) as f32;
-            for (d, xv) in dp.iter_mut().zip(xp) {
-                *d = k * (*d - a - (xv - m) * inv * bb);
+        profile::timed(Op::BnActBackward, || -> candle_core::Result<(CpuStorage, Shape)> {
+            let op = &self.0;
+            let x = cpu_f32(xs, xl, self.name())?;
+            let gy = cpu_f32(gs, gl, self.name())?;
+            let gb = cpu_f32(ps, pl, self.name())?;
+            let (b, c, hw) = bchw(xl)?;
+            if gy.len() != x.len() || gb.len() != 2 * c {
+                bail!("{}: gradient {:?} or parameters {:?} do not match input {:?}", self.name(), gl.dims(), pl.dims(), xl.dims())
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+            let (gamma, beta) = gb.split_at(c);
+            op.check(c, gamma, beta)?;
+            let n = x.len();
+            let mut out = vec![0f32; n + 2 * c];
+            let (dx, dpar) = out.split_at_mut(n);
+            let dz_ptr = Shared(dx.as_mut_ptr());
+            // Pass 1, per channel: dz into dx's storage, and the two sums.
+            let sums: Vec<(f64, f64)> = (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let dz_ptr = dz_ptr;
+                    let (k, sh) = op.affine(ch, gamma, beta);
+                    let (m, inv) = (op.mean[ch], op.inv_std[ch]);
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    for i in 0..b {
+                        let off = (i * c + ch) * hw;
+                        // SAFETY: plane (i, ch) belongs to this channel's worker only.
+                        let dz = unsafe { std::slice::from_raw_parts_mut(dz_ptr.0.add(off), hw) };
+                        let (a1, a2) = grad_plane(k, sh, m, inv, op.act == Act::SiLU, &x[off..off + hw], &gy[off..off + hw], dz);
+                        s1 += a1;
+                        s2 += a2;
+                    }
+                    (s1, s2)
+                })
+                .collect();
+            for (ch, (s1, s2)) in sums.iter().enumerate() {
+                dpar[ch] = *s2 as f32;
+                dpar[c + ch] = *s1 as f32;
+            }
+            // Pass 2, per plane: dx = γ·inv·(dz − dβ/n − x̂·dγ/n).
+            let cnt = (b * hw) as f64;
+            dx.par_chunks_mut(hw.max(1)).zip(x.par_chunks(hw.max(1))).enumerate().for_each(|(i, (dp, xp))| {
+                let ch = i % c;
+                let (m, inv) = (op.mean[ch], op.inv_std[ch]);
+                let k = gamma[ch] * inv;
+                let a = (sums[ch].0 / cnt) as f32;
+                let bb = (sums[ch].1 / cnt) as f32;
+                input_grad_plane(k, m, inv, a, bb, xp, dp);
+            });
+            Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+        })
     }
 }
 
@@ -289,6 +398,19 @@ mod tests {
         check([2, 8, 16, 16], Act::SiLU, 2);
         check([3, 5, 4, 4], Act::Identity, 3);
         check([16, 2, 1, 1], Act::SiLU, 4);
+    }
+
+    #[test]
+    fn exp_approx_is_within_float_rounding() {
+        let mut worst = 0f64;
+        for i in -87_000..88_000 {
+            let x = i as f32 * 1e-3 + 3.7e-4;
+            let e = (x as f64).exp();
+            worst = worst.max(((exp_approx(x) as f64) - e).abs() / e);
+        }
+        assert!(worst < 4e-7, "relative error {worst}");
+        assert!(exp_approx(f32::NAN).is_nan());
+        assert!(exp_approx(-1e30) > 0.0 && exp_approx(1e30).is_finite());
     }
 
     #[test]

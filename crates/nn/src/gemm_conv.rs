@@ -15,6 +15,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::ops::cpu_f32;
+use crate::profile::{self, Op};
 use crate::Result;
 
 /// `conv2d(x, w)` with zero padding `pad`, `stride` and `groups`; x (B, C, H, W), w
@@ -324,7 +325,8 @@ impl CustomOp2 for GemmConv {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = Dims::new(self, xl.dims(), wl.dims())?;
-        let y = forward(&d, cpu_f32(xs, xl, self.name())?, cpu_f32(ws, wl, self.name())?);
+        let (x, w) = (cpu_f32(xs, xl, self.name())?, cpu_f32(ws, wl, self.name())?);
+        let y = profile::timed(Op::ConvForward, || forward(&d, x, w));
         Ok((CpuStorage::F32(y), Shape::from((d.b, d.o, d.oh, d.ow))))
     }
 
@@ -352,7 +354,8 @@ impl CustomOp2 for InputGrad {
         if gl.dims() != [d.b, d.o, d.oh, d.ow] {
             bail!("{}: gradient {:?} does not match the output of {d:?}", self.name(), gl.dims())
         }
-        let dx = backward_input(&d, cpu_f32(gs, gl, self.name())?, cpu_f32(ws, wl, self.name())?);
+        let (gy, w) = (cpu_f32(gs, gl, self.name())?, cpu_f32(ws, wl, self.name())?);
+        let dx = profile::timed(Op::ConvInputGrad, || backward_input(&d, gy, w));
         Ok((CpuStorage::F32(dx), self.x_shape.clone()))
     }
 }
@@ -373,7 +376,8 @@ impl CustomOp2 for WeightGrad {
         if gl.dims() != [d.b, d.o, d.oh, d.ow] {
             bail!("{}: gradient {:?} does not match the output of {d:?}", self.name(), gl.dims())
         }
-        let dw = backward_weight(&d, cpu_f32(xs, xl, self.name())?, cpu_f32(gs, gl, self.name())?);
+        let (x, gy) = (cpu_f32(xs, xl, self.name())?, cpu_f32(gs, gl, self.name())?);
+        let dw = profile::timed(Op::ConvWeightGrad, || backward_weight(&d, x, gy));
         Ok((CpuStorage::F32(dw), self.w_shape.clone()))
     }
 }

@@ -27,6 +27,7 @@ pub mod gemm_conv;
 pub mod kernels;
 pub mod ops;
 pub mod optim;
+pub mod profile;
 pub mod sched;
 pub mod store;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use q2_nn::ops::cpu_f32;
+use q2_nn::profile::{self, Op};
 
 use crate::kernel::{self, Kernel};
 use crate::Result;
@@ -38,7 +39,8 @@ impl<K: Kernel> CustomOp2 for FqOp<K> {
         let x = cpu_f32(s1, l1, self.name())?;
         let p = cpu_f32(s2, l2, self.name())?;
         check_groups(x.len(), self.groups, self.name())?;
-        Ok((CpuStorage::F32(kernel::forward(&*self.k, x, p, self.groups)), l1.shape().clone()))
+        let y = profile::timed(Op::FakeQuantForward, || kernel::forward(&*self.k, x, p, self.groups));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -82,7 +84,7 @@ impl<K: Kernel> CustomOp3 for FqBwdOp<K> {
         let x = cpu_f32(s1, l1, self.name())?;
         let p = cpu_f32(s2, l2, self.name())?;
         let g = cpu_f32(s3, l3, self.name())?;
-        let out = kernel::backward_packed(&*self.k, x, p, g, self.groups);
+        let out = profile::timed(Op::FakeQuantBackward, || kernel::backward_packed(&*self.k, x, p, g, self.groups));
         let n = out.len();
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use q2_nn::optim::{yolov5_groups, Optimizer, Sgd};
-use q2_nn::Mode;
+use q2_nn::{profile, Mode};
 use q2_quant::{Method, QuantPlan};
 use q2_yolo::Targets;
 use rand::{Rng, SeedableRng};
@@ -45,6 +45,14 @@ pub struct BenchArgs {
     pub seed: u64,
     #[arg(long)]
     pub json: bool,
+    /// Also time each CPU kernel (conv forward / input grad / weight grad, BatchNorm, fake-quant)
+    /// and report per-step milliseconds under `profile_ms`.
+    #[arg(long)]
+    pub profile: bool,
+    /// Run the standard table instead: yolov5n and yolo11n, FP and QAT (--quant, --bits), each in
+    /// its own process (for its peak memory), with this --img, --batch and --steps.
+    #[arg(long, conflicts_with_all = ["model", "mode", "json", "profile"])]
+    pub table: bool,
 }
 
 /// Peak resident memory of this process in MB (Linux `VmHWM`; 0 elsewhere).
@@ -87,6 +95,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.steps == 0 || args.batch == 0 || args.img == 0 || args.img % 32 != 0 {
         bail!(InputError("--steps and --batch must be ≥ 1 and --img a positive multiple of 32".into()));
     }
+    if args.table {
+        return table(&args);
+    }
     let dev = Device::Cpu;
     let plan = match args.mode.as_str() {
         "fp" => None,
@@ -109,10 +120,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let cfg = TrainConfig { img: args.img, batch: args.batch, ..TrainConfig::default() };
     let loss = glue::Loss::new(model.as_ref(), &hyp, &cfg)?;
     let mut opt = Sgd::new(yolov5_groups(model.store(), 0.001, 0.937, 5e-4), true);
-    let (mut step_ms, mut fwd_ms, mut bwd_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut step_ms, mut fwd_ms, mut bwd_ms, mut loss_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.steps + 2 {
+        if i == 2 && args.profile {
+            profile::reset();
+            profile::enable(true);
+        }
         let t0 = Instant::now();
         let out = model.forward(&x, Mode::Train)?;
+        let tl = Instant::now();
         let (total, _) = loss.compute(&out, &targets, args.batch)?;
         let _ = total.to_vec0::<f32>()?;
         let t1 = Instant::now();
@@ -124,11 +140,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             step_ms.push((t3 - t0).as_secs_f64() * 1e3);
             fwd_ms.push((t1 - t0).as_secs_f64() * 1e3);
             bwd_ms.push((t2 - t1).as_secs_f64() * 1e3);
+            loss_ms.push((t1 - tl).as_secs_f64() * 1e3);
         }
         let _ = opt.groups();
     }
+    profile::enable(false);
     let ms = median(step_ms);
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "ms_per_step": ms,
         "img_per_s": args.batch as f64 * 1e3 / ms,
         "peak_rss_mb": peak_rss_mb(),
@@ -136,13 +154,73 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "bwd_ms": median(bwd_ms),
         "model": args.model, "img": args.img, "batch": args.batch, "mode": args.mode,
         "threads": rayon::current_num_threads(),
+        "kernels": format!("{:?}", q2_nn::kernels::kernels()).to_lowercase(),
+        "loss_ms": median(loss_ms),
     });
+    if args.profile {
+        let per_step: serde_json::Map<String, serde_json::Value> =
+            profile::snapshot().into_iter().map(|(op, t)| (op.key().to_string(), (t / args.steps as f64).into())).collect();
+        v["profile_ms"] = per_step.into();
+    }
     if args.json {
         println!("{v}");
     } else {
         println!(
             "{} {} img {} batch {}: {:.1} ms/step ({:.2} img/s; forward+loss {:.1} ms, backward {:.1} ms), peak RSS {:.0} MB, {} threads",
             args.model, args.mode, args.img, args.batch, ms, v["img_per_s"].as_f64().unwrap_or(0.0), v["fwd_ms"].as_f64().unwrap_or(0.0), v["bwd_ms"].as_f64().unwrap_or(0.0), v["peak_rss_mb"].as_f64().unwrap_or(0.0), rayon::current_num_threads()
+        );
+        if let Some(p) = v["profile_ms"].as_object() {
+            for (k, t) in p {
+                println!("  {k:<20} {:>8.1} ms/step", t.as_f64().unwrap_or(0.0));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `q2 bench --table`: the standard step benchmark, one child process per row.
+fn table(args: &BenchArgs) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for model in ["yolov5n", "yolo11n"] {
+        for mode in ["fp", "qat"] {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["--threads", &rayon::current_num_threads().to_string()]);
+            cmd.args(["--kernels", &format!("{:?}", q2_nn::kernels::kernels()).to_lowercase()]);
+            cmd.args(["bench", "--json", "--model", model, "--mode", mode]);
+            cmd.args(["--img", &args.img.to_string(), "--batch", &args.batch.to_string(), "--steps", &args.steps.to_string()]);
+            cmd.args(["--quant", &args.quant, "--bits", &args.bits.to_string(), "--nc", &args.nc.to_string(), "--seed", &args.seed.to_string()]);
+            let out = cmd.output()?;
+            if !out.status.success() {
+                bail!("q2 bench --model {model} --mode {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            rows.push((model, mode, v));
+        }
+    }
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "q2 training step, img {} batch {}, {} threads, {} kernels, QAT = {} W{}A{} (median of {} steps)\n",
+        args.img,
+        args.batch,
+        rayon::current_num_threads(),
+        format!("{:?}", q2_nn::kernels::kernels()).to_lowercase(),
+        args.quant,
+        args.bits,
+        args.bits,
+        args.steps
+    );
+    println!("| model | mode | ms/step | img/s | forward+loss ms | backward ms | peak RSS MB | QAT / FP |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for (i, (model, mode, v)) in rows.iter().enumerate() {
+        let ratio = if *mode == "qat" { format!("{:.2}x", f(v, "ms_per_step") / f(&rows[i - 1].2, "ms_per_step")) } else { String::new() };
+        println!(
+            "| {model} | {mode} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {ratio} |",
+            f(v, "ms_per_step"),
+            f(v, "img_per_s"),
+            f(v, "fwd_ms"),
+            f(v, "bwd_ms"),
+            f(v, "peak_rss_mb")
         );
     }
     Ok(())

@@ -21,12 +21,33 @@ mod train;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (15 in its v3 option enum).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Never give freed pages back to the OS (unless `MIMALLOC_PURGE_DELAY` says otherwise): a
+/// training step frees and reallocates the same tensor sizes every iteration, and re-faulting
+/// purged pages cost 15% of a QAT step (18% of its samples in zeroing pages, docs/BENCHMARKS.md).
+fn keep_freed_pages() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a documented integer option; mimalloc reads options atomically.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
+fn parse_kernels(s: &str) -> std::result::Result<q2_nn::kernels::Kernels, String> {
+    s.parse()
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "q2", version, about = "Q²: quantization-aware gradient balancing and attention alignment (reproduction)")]
 struct Cli {
     /// CPU threads for kernels and tensor ops (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// CPU kernels: fused (q2's GEMM convolution and fused BatchNorm+SiLU) or candle (candle's
+    /// built-in ops, the reference path). Default: fused, or `Q2_KERNELS`.
+    #[arg(long, global = true, value_parser = parse_kernels)]
+    kernels: Option<q2_nn::kernels::Kernels>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -68,6 +89,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    keep_freed_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "q2=info,warn".into()))
@@ -78,6 +100,9 @@ fn main() -> ExitCode {
         .init();
     if let Some(n) = cli.threads {
         cli::set_threads(n);
+    }
+    if let Some(k) = cli.kernels {
+        q2_nn::kernels::set_kernels(k);
     }
     let result: Result<()> = match cli.cmd {
         Cmd::Quant { input, out, device } => cli::quant(&input, &out, &device),
