@@ -12,6 +12,10 @@ test:
 bench:
     cargo bench --bench quant --bench conv --bench eval --bench loader
 
+# The standard training-step table (yolov5n / yolo11n, FP / W4A4 LSQ QAT) on this machine.
+bench-step:
+    cargo run --release --bin q2 -- bench --table
+
 # Assemble the CUDA 13.0 toolkit from PyPI wheels and build q2 with --features cuda.
 cuda:
     bash scripts/cuda-toolkit.sh
@@ -24,7 +28,7 @@ fixtures:
 synth dir="data/synth" format="yolo" images="2000" seed="0":
     cargo run --release --bin q2 -- synth --out {{dir}} --format {{format}} --images {{images}} --seed {{seed}}
 
-# The current main job: the synthetic benchmark and a short full-precision YOLOv5n training on it.
+# The current main job: the synthetic benchmark and a full-precision YOLOv5n trained on it from scratch.
 demo:
     cargo run --release --bin q2 -- synth --out data/synth --images 500 --force
-    cargo run --release --bin q2 -- train --data data/synth --model yolov5n --img 256 --epochs 5 --out runs/demo --force
+    cargo run --release --bin q2 -- train --data data/synth --model yolov5n --img 256 --epochs 30 --nbs 16 --out runs/demo --force

@@ -7,6 +7,12 @@ for YOLO11), backward, SGD Nesterov step, on a fixed seeded batch of uniform ran
 2-6 random boxes each; 2 warm-up steps, then the median of --steps.
 
     python tools/bench_torch_train.py --yolov5 /tmp/yolov5 --model yolov5n --img 256 --batch 16 --threads 2 --json
+    python tools/bench_torch_train.py ... --mode qat --bits 4
+
+With `--mode qat` every Conv2d (except YOLO11's fixed DFL conv) becomes an LSQ fake-quantized
+conv written as ordinary PyTorch modules (the LSQ paper's formulation: learnable step, gradient
+scale 1/sqrt(N·Qp), straight-through rounding), weights signed and activations unsigned; the
+first conv and the Detect prediction convs at 8 bits, the rest at --bits, as `q2 bench --mode qat`.
 
 Needs torch and (for YOLO11) the `ultralytics` package; for YOLOv5 a checkout of the yolov5
 repository (--yolov5). Prints one JSON object like `q2 bench --json`.
@@ -17,6 +23,61 @@ import resource
 import statistics
 import sys
 import time
+
+
+def lsq_modules():
+    import math
+    import torch
+    from torch import nn
+
+    def grad_scale(x, g):
+        return (x - x * g).detach() + x * g
+
+    def round_ste(x):
+        return (x.round() - x).detach() + x
+
+    class Lsq(nn.Module):
+        def __init__(self, bits, signed):
+            super().__init__()
+            self.qn, self.qp = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+            self.step = nn.Parameter(torch.tensor(0.1))
+
+        def forward(self, x):
+            s = grad_scale(self.step, 1.0 / math.sqrt(x.numel() * self.qp))
+            return round_ste(torch.clamp(x / s, self.qn, self.qp)) * s
+
+    class QConv2d(nn.Module):
+        def __init__(self, conv, bits):
+            super().__init__()
+            self.conv, self.wq, self.aq = conv, Lsq(bits, True), Lsq(bits, False)
+
+        def forward(self, x):
+            c = self.conv
+            return nn.functional.conv2d(self.aq(x), self.wq(c.weight), c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+    return QConv2d
+
+
+def quantize_convs(model, bits):
+    """Replaces every Conv2d (not the DFL's) by an LSQ fake-quantized one, in place."""
+    from torch import nn
+
+    QConv2d = lsq_modules()
+    layers = model.model
+    first, head = layers[0], layers[-1]
+    head_convs = set()
+    if hasattr(head, "m"):  # YOLOv5 Detect
+        head_convs = {id(c) for c in head.m}
+    else:  # YOLO11 Detect: the last conv of each cv2 / cv3 branch
+        head_convs = {id(b[-1]) for b in list(head.cv2) + list(head.cv3)}
+    first_convs = {id(m) for m in first.modules() if isinstance(m, nn.Conv2d)}
+    for parent in list(model.modules()):
+        if type(parent).__name__ == "DFL":
+            continue
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d):
+                b = 8 if id(child) in head_convs or id(child) in first_convs else bits
+                setattr(parent, name, QConv2d(child, b))
 
 
 def main():
@@ -30,6 +91,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--yolov5", default="/tmp/yolov5")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--mode", default="fp", choices=["fp", "qat"])
+    ap.add_argument("--bits", type=int, default=4)
     a = ap.parse_args()
 
     import torch
@@ -79,6 +142,8 @@ def main():
             l, _ = crit(pred, batch)
             return l.sum()
 
+    if a.mode == "qat":
+        quantize_convs(model, a.bits)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.937, nesterov=True)
     step, fwd, bwd = [], [], []
@@ -103,7 +168,7 @@ def main():
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "fwd_ms": statistics.median(fwd),
         "bwd_ms": statistics.median(bwd),
-        "model": a.model, "img": a.img, "batch": a.batch, "threads": a.threads, "torch": torch.__version__,
+        "model": a.model, "mode": a.mode, "img": a.img, "batch": a.batch, "threads": a.threads, "torch": torch.__version__,
     }
     print(json.dumps(out) if a.json else out)
 
