@@ -1,6 +1,7 @@
-//! Convolution cost on the CPU substrate (candle): a 3×3 conv 64→64 on 80×80 maps, batch 8,
-//! forward + backward (input and weight gradients), alone and as a full ultralytics `Conv`
-//! block (conv + BatchNorm2d in train mode + SiLU), fp32 and W4A4 LSQ-quantized.
+//! Convolution cost on the CPU: a 3×3 conv 64→64 on 80×80 maps, batch 8, forward + backward
+//! (input and weight gradients), alone (candle's `conv2d` and q2-nn's GEMM conv) and as a full
+//! ultralytics `Conv` block (conv + BatchNorm2d in train mode + SiLU), fp32 and W4A4
+//! LSQ-quantized, with q2's fused kernels and with candle's (`/candle` rows).
 
 use candle_core::{Device, Tensor, Var};
 /// As in the `q2` binary: glibc's per-allocation mmap of large tensors would dominate.
@@ -9,6 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use q2::nn::conv::Conv;
+use q2::nn::kernels::{set_kernels, Kernels};
 use q2::nn::store::ParamStore;
 use q2::nn::{Feat, Mode};
 use q2::quant::{LayerKind, Method, QConv, QuantPlan};
@@ -26,15 +28,24 @@ fn benches(c: &mut Criterion) {
             std::hint::black_box(y.sum_all().unwrap().backward().unwrap());
         })
     });
+    let gemm = |x: &Tensor, w: &Tensor| q2::nn::conv::conv2d(x, w, 1, 1, 1).unwrap();
+    grp.bench_function("gemm_conv/fwd", |b| b.iter(|| std::hint::black_box(gemm(&x, &w))));
+    grp.bench_function("gemm_conv/fwd+bwd", |b| {
+        b.iter(|| std::hint::black_box(gemm(&x, &w).sum_all().unwrap().backward().unwrap()))
+    });
     let mut store = ParamStore::new(dev.clone(), 0);
     let conv: Conv<64, 64, 3, 1> = Conv::new(&mut store.scope("m")).unwrap();
     let fx = Feat::<64>::new(x.as_tensor().clone()).unwrap();
-    grp.bench_function("Conv_block_fp32/fwd+bwd", |b| {
-        b.iter(|| {
-            let y = conv.forward(&fx, Mode::Train).unwrap();
-            std::hint::black_box(y.tensor().sum_all().unwrap().backward().unwrap());
-        })
-    });
+    for (k, name) in [(Kernels::Fused, "Conv_block_fp32/fwd+bwd"), (Kernels::Candle, "Conv_block_fp32/candle/fwd+bwd")] {
+        set_kernels(k);
+        grp.bench_function(name, |b| {
+            b.iter(|| {
+                let y = conv.forward(&fx, Mode::Train).unwrap();
+                std::hint::black_box(y.tensor().sum_all().unwrap().backward().unwrap());
+            })
+        });
+    }
+    set_kernels(Kernels::Fused);
     let plan = QuantPlan::new(Method::Lsq, 4, 4);
     let qconv: QConv<64, 64, 3, 1> = QConv::new(&mut store.scope("q"), &plan.layer(LayerKind::Body)).unwrap();
     qconv.calibrate(&fx).unwrap();
