@@ -155,4 +155,13 @@ fn yolo11_trains_and_bench_reports_the_contract_keys() {
             assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
         }
     }
+    // The profile reports every kernel; the QAT step runs fake-quant and the fused kernels.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&q2(&["bench", "--model", "yolov5n", "--img", "64", "--batch", "2", "--steps", "1", "--mode", "qat", "--profile", "--json"]))).unwrap();
+    for k in ["conv_forward", "conv_input_grad", "conv_weight_grad", "bn_act_forward", "bn_act_backward", "fake_quant_forward"] {
+        assert!(v["profile_ms"][k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    // The standard table: four rows, each from its own process.
+    let table = ok(&q2(&["bench", "--table", "--img", "32", "--batch", "2", "--steps", "1"]));
+    assert_eq!(table.lines().filter(|l| l.starts_with("| yolo")).count(), 4, "{table}");
 }
