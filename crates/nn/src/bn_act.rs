@@ -98,33 +98,11 @@ fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp_approx(-z))
 }
 
-/// Defines `$name(args)`: the `#[inline(always)]` body compiled for AVX2+FMA when the CPU has
-/// them (chosen once per call), for the baseline target otherwise.
-macro_rules! multiversion {
-    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
-        $(#[$m])*
-        fn $name($($a: $t),*) -> $r {
-            #[inline(always)]
-            fn generic($($a: $t),*) -> $r $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($a: $t),*) -> $r {
-                generic($($a),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { avx2($($a),*) };
-            }
-            generic($($a),*)
-        }
-    };
-}
-
 /// Lanes of the plane reductions: independent partial sums the compiler can keep in one vector.
 const LANES: usize = 8;
 
-multiversion! {
+crate::multiversion! {
+    ["avx2", "fma"]
     /// Σ (x − m) and Σ (x − m)² of one plane (m: a shift for accuracy).
     fn plane_moments(x: &[f32], m: f32) -> (f64, f64) {
         let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
@@ -146,7 +124,8 @@ multiversion! {
     }
 }
 
-multiversion! {
+crate::multiversion! {
+    ["avx2", "fma"]
     /// y = act(k·x + sh) over one plane.
     fn forward_plane(k: f32, sh: f32, silu: bool, x: &[f32], y: &mut [f32]) -> () {
         if silu {
@@ -162,7 +141,8 @@ multiversion! {
     }
 }
 
-multiversion! {
+crate::multiversion! {
+    ["avx2", "fma"]
     /// dz = dy·act′(k·x + sh) into `dz`; returns (Σ dz, Σ dz·(x − m)·inv).
     fn grad_plane(k: f32, sh: f32, m: f32, inv: f32, silu: bool, x: &[f32], gy: &[f32], dz: &mut [f32]) -> (f64, f64) {
         let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
@@ -194,7 +174,8 @@ multiversion! {
     }
 }
 
-multiversion! {
+crate::multiversion! {
+    ["avx2", "fma"]
     /// dx = k·(dz − a − (x − m)·inv·b), in place over `dz`.
     fn input_grad_plane(k: f32, m: f32, inv: f32, a: f32, b: f32, x: &[f32], dz: &mut [f32]) -> () {
         for (d, x) in dz.iter_mut().zip(x) {

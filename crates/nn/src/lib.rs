@@ -29,6 +29,7 @@ pub mod ops;
 pub mod optim;
 pub mod profile;
 pub mod sched;
+pub mod simd;
 pub mod store;
 
 pub use candle_core::{self as candle, DType, Device, Tensor, Var};

@@ -24,44 +24,24 @@ fn has_avx2() -> bool {
     }
 }
 
-/// Defines `$name(args)`, which runs the `#[inline(always)]` body compiled for AVX2 when the CPU
-/// has it and for the baseline target otherwise. Results are bit-identical either way: Rust never
-/// contracts `a·b + c` into an FMA and every operation the kernels use is exactly rounded.
-/// Kernel methods are `#[inline(always)]` so their loops land inside the AVX2 copy.
-macro_rules! multiversion {
-    ($(#[$m:meta])* fn $name:ident<$($g:ident: $b:path),*>($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
-        $(#[$m])*
-        fn $name<$($g: $b),*>($($a: $t),*) -> $r {
-            #[inline(always)]
-            fn generic<$($g: $b),*>($($a: $t),*) -> $r $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            unsafe fn avx2<$($g: $b),*>($($a: $t),*) -> $r {
-                generic($($a),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if has_avx2() {
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { avx2($($a),*) };
-            }
-            generic($($a),*)
-        }
-    };
-}
-
-multiversion! {
+// Kernel methods are `#[inline(always)]` so their loops land inside the AVX2 copy; AVX2 without
+// FMA keeps the two copies bit-identical.
+q2_nn::multiversion! {
+    ["avx2"]
     fn forward_chunk<K: Kernel>(k: &K, c: &K::Ctx, x: &[f32], y: &mut [f32]) -> () {
         k.forward(c, x, y)
     }
 }
 
-multiversion! {
+q2_nn::multiversion! {
+    ["avx2"]
     fn backward_chunk<K: Kernel>(k: &K, c: &K::Ctx, x: &[f32], g: &[f32], gx: &mut [f32], acc: &mut [f64]) -> () {
         k.backward(c, x, g, gx, acc)
     }
 }
 
-multiversion! {
+q2_nn::multiversion! {
+    ["avx2"]
     fn sum_chunk<F: SumFn>(c: &[f32], f: &F) -> f64 {
         let mut lanes = [0f64; 8];
         let n8 = c.len() / 8 * 8;
