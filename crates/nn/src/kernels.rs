@@ -13,6 +13,15 @@ pub enum Kernels {
     Candle,
 }
 
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kernels::Fused => "fused",
+            Kernels::Candle => "candle",
+        })
+    }
+}
+
 impl std::str::FromStr for Kernels {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

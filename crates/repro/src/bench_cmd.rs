@@ -154,7 +154,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         "bwd_ms": median(bwd_ms),
         "model": args.model, "img": args.img, "batch": args.batch, "mode": args.mode,
         "threads": rayon::current_num_threads(),
-        "kernels": format!("{:?}", q2_nn::kernels::kernels()).to_lowercase(),
+        "kernels": q2_nn::kernels::kernels().to_string(),
         "loss_ms": median(loss_ms),
     });
     if args.profile {
@@ -186,7 +186,7 @@ fn table(args: &BenchArgs) -> Result<()> {
         for mode in ["fp", "qat"] {
             let mut cmd = std::process::Command::new(&exe);
             cmd.args(["--threads", &rayon::current_num_threads().to_string()]);
-            cmd.args(["--kernels", &format!("{:?}", q2_nn::kernels::kernels()).to_lowercase()]);
+            cmd.args(["--kernels", &q2_nn::kernels::kernels().to_string()]);
             cmd.args(["bench", "--json", "--model", model, "--mode", mode]);
             cmd.args(["--img", &args.img.to_string(), "--batch", &args.batch.to_string(), "--steps", &args.steps.to_string()]);
             cmd.args(["--quant", &args.quant, "--bits", &args.bits.to_string(), "--nc", &args.nc.to_string(), "--seed", &args.seed.to_string()]);
@@ -204,7 +204,7 @@ fn table(args: &BenchArgs) -> Result<()> {
         args.img,
         args.batch,
         rayon::current_num_threads(),
-        format!("{:?}", q2_nn::kernels::kernels()).to_lowercase(),
+        q2_nn::kernels::kernels().to_string(),
         args.quant,
         args.bits,
         args.bits,

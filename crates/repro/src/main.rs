@@ -88,7 +88,18 @@ enum Cmd {
     Bench(bench_cmd::BenchArgs),
 }
 
+/// `q2 bench | head -1` should end quietly as other Unix tools do, not panic in `println!`:
+/// restore the default SIGPIPE action that the Rust runtime replaces with "ignore".
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     keep_freed_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
