@@ -184,6 +184,14 @@ pub trait Kernel: Send + Sync + std::fmt::Debug + 'static {
     fn step(&self, _p: &[f32]) -> Option<f32> {
         None
     }
+
+    /// Rewrites one group's parameters `p` so that the quantizer applied to `v` reproduces the
+    /// old quantizer applied to `c·v` (c > 0) up to an output factor, which is returned:
+    /// `Q_old(c·v) = gain · Q_new(v)`. This is how an input scale (LN folding, Eq. 12) moves into
+    /// a quantizer. `None`: the method cannot absorb an input scale (weight quantizers).
+    fn absorb_input_scale(&self, _p: &mut [f32], _c: f32) -> Option<f32> {
+        None
+    }
 }
 
 /// Elementwise map + reduction into `A` sums, in 8 independent lanes so that the f64 sums

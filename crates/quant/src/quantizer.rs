@@ -133,6 +133,11 @@ pub trait Quantizer: Send + Sync + std::fmt::Debug {
 
     /// The step of each group in input units (Q-ADA's s_c), for methods that have one.
     fn step(&self) -> Result<Option<Vec<f32>>>;
+
+    /// Moves an input scale `c > 0` into the parameters (LN folding, Eq. 12): afterwards
+    /// `Q_new(v) = Q_old(c·v) / gain`, and the returned `gain` is what the consumer's weights
+    /// are multiplied by. An error for methods that cannot absorb one (weight quantizers).
+    fn absorb_input_scale(&self, c: f64) -> Result<f64>;
 }
 
 /// The one [`Quantizer`] implementation: a kernel plus its parameters as store variables.
@@ -225,9 +230,40 @@ impl<K: Kernel> Quantizer for FakeQuant<K> {
             return Err(QuantError::Config(format!("cannot calibrate {} groups from {} values", self.groups, data.len())));
         }
         let p = kernel::init(&*self.kernel, &data, self.groups);
+        self.set_packed(&p, "calibration")
+    }
+
+    fn step(&self) -> Result<Option<Vec<f32>>> {
+        let p = self.packed_values()?;
+        let np = self.kernel.num_params();
+        let steps: Option<Vec<f32>> = (0..self.groups).map(|gi| self.kernel.step(&p[gi * np..(gi + 1) * np])).collect();
+        Ok(steps)
+    }
+
+    fn absorb_input_scale(&self, c: f64) -> Result<f64> {
+        if !(c.is_finite() && c > 0.0) {
+            return Err(QuantError::Config(format!("{}: input scale must be positive and finite, got {c}", self.kernel.name())));
+        }
+        let mut p = self.packed_values()?;
+        let np = self.kernel.num_params();
+        let mut gain = None;
+        for gi in 0..self.groups {
+            let g = self.kernel.absorb_input_scale(&mut p[gi * np..(gi + 1) * np], c as f32).ok_or_else(|| {
+                QuantError::Config(format!("{} (signed: {}) cannot absorb an input scale", self.kernel.name(), self.spec.signed))
+            })?;
+            gain = Some(g);
+        }
+        self.set_packed(&p, "absorbing an input scale")?;
+        Ok(gain.unwrap_or(c as f32) as f64)
+    }
+}
+
+impl<K: Kernel> FakeQuant<K> {
+    /// Writes packed parameters (`groups × P`) back into the variables, validating each group.
+    fn set_packed(&self, p: &[f32], what: &str) -> Result<()> {
         let np = self.kernel.num_params();
         for gi in 0..self.groups {
-            self.kernel.validate(&p[gi * np..(gi + 1) * np]).map_err(|e| QuantError::Config(format!("calibration gave {e}")))?;
+            self.kernel.validate(&p[gi * np..(gi + 1) * np]).map_err(|e| QuantError::Config(format!("{what} gave {e}")))?;
         }
         let mut off = 0;
         for (_, w, var) in &self.vars {
@@ -236,13 +272,6 @@ impl<K: Kernel> Quantizer for FakeQuant<K> {
             off += w;
         }
         Ok(())
-    }
-
-    fn step(&self) -> Result<Option<Vec<f32>>> {
-        let p = self.packed_values()?;
-        let np = self.kernel.num_params();
-        let steps: Option<Vec<f32>> = (0..self.groups).map(|gi| self.kernel.step(&p[gi * np..(gi + 1) * np])).collect();
-        Ok(steps)
     }
 }
 
@@ -315,5 +344,29 @@ mod tests {
         assert_eq!(mm.step().unwrap(), None);
         // N2UQ's parameters train at a tenth of the learning rate
         assert_eq!(store.get("c.a").unwrap().lr_scale, 0.1);
+    }
+
+    /// Q_old(c·v) = gain·Q_new(v) for every activation method; weight quantizers refuse.
+    #[test]
+    fn absorbing_an_input_scale_keeps_the_quantized_function() {
+        let dev = Device::Cpu;
+        let v = q2_nn::store::seeded(4096, &q2_nn::store::Init::Normal { mean: 0.3, std: 1.0 }, 7, &dev).unwrap();
+        let c = 0.37f64;
+        for (i, method) in Method::ALL.into_iter().enumerate() {
+            let mut store = ParamStore::new(dev.clone(), 0);
+            let q = build(&QuantSpec::new(method, 4, false), 1, &mut store.scope(&format!("q{i}"))).unwrap();
+            let cv = (&v * c).unwrap();
+            q.init_from(&cv).unwrap();
+            let want = q.forward(&cv).unwrap().to_vec1::<f32>().unwrap();
+            let gain = q.absorb_input_scale(c).unwrap();
+            let got = (q.forward(&v).unwrap() * gain).unwrap().to_vec1::<f32>().unwrap();
+            // the same grid up to float rounding: an element on a rounding boundary may flip one step
+            let step = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let flips = want.iter().zip(&got).filter(|(a, b)| (*a - *b).abs() > 1e-5 * (1.0 + a.abs())).count();
+            assert!(flips <= 2, "{method}: {flips} elements differ (max {step})");
+            let w = build(&QuantSpec::new(method, 4, true), 1, &mut store.scope(&format!("w{i}"))).unwrap();
+            let absorbs = w.absorb_input_scale(c).is_ok();
+            assert_eq!(absorbs, matches!(method, Method::Lsq | Method::LsqPlus | Method::Minmax), "{method} (weights)");
+        }
     }
 }

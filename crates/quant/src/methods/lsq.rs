@@ -102,4 +102,10 @@ impl Kernel for Lsq {
     fn step(&self, p: &[f32]) -> Option<f32> {
         Some(p[0])
     }
+
+    /// Q_s(c·v) = c·Q_{s/c}(v).
+    fn absorb_input_scale(&self, p: &mut [f32], c: f32) -> Option<f32> {
+        p[0] /= c;
+        Some(c)
+    }
 }

@@ -138,6 +138,14 @@ impl Kernel for LsqPlus {
     fn step(&self, p: &[f32]) -> Option<f32> {
         Some(p[0])
     }
+
+    /// Q_{s,β}(c·v) = c·Q_{s/c, β/c}(v).
+    fn absorb_input_scale(&self, p: &mut [f32], c: f32) -> Option<f32> {
+        for v in p.iter_mut() {
+            *v /= c;
+        }
+        Some(c)
+    }
 }
 
 impl LsqPlus {

@@ -79,4 +79,9 @@ impl Kernel for MinMax {
     fn default_params(&self) -> Vec<f32> {
         vec![]
     }
+
+    /// The grid follows the data's range, which scales with c: Q(c·v) = c·Q(v).
+    fn absorb_input_scale(&self, _p: &mut [f32], c: f32) -> Option<f32> {
+        Some(c)
+    }
 }

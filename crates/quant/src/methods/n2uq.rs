@@ -292,6 +292,13 @@ impl Kernel for N2uqAct {
         let mean = a.iter().map(|&v| v.max(EPS) as f64).sum::<f64>() / a.len() as f64;
         Some((mean / s1 as f64) as f32)
     }
+
+    /// The input scale multiplies scale1; the output levels do not depend on it (gain 1).
+    fn absorb_input_scale(&self, p: &mut [f32], c: f32) -> Option<f32> {
+        let i = 1 + self.n();
+        p[i] *= c;
+        Some(1.0)
+    }
 }
 
 /// N2UQ weight quantizer (per output channel, no parameters).

@@ -97,4 +97,10 @@ impl Kernel for Pact {
     fn step(&self, p: &[f32]) -> Option<f32> {
         Some(p[0] / self.levels())
     }
+
+    /// PACT_α(c·v) = c·PACT_{α/c}(v).
+    fn absorb_input_scale(&self, p: &mut [f32], c: f32) -> Option<f32> {
+        p[0] /= c;
+        Some(c)
+    }
 }
