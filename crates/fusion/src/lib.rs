@@ -1,14 +1,18 @@
-//! q2-fusion: the fusion hook at the neck's Concat nodes. Plain channel concat for now;
-//! Q-GBFusion (the paper's gradient-balanced fusion) replaces it through the same hook.
+//! q2-fusion: the fusion hook at the neck's Concat nodes and Q-GBFusion, the paper's
+//! gradient-balanced fusion (Sec. 3.2).
 //!
 //! - [`Fusion`]: an object-safe module that merges the branches of one neck node into one map
 //!   (channel concat for [`Concat`]);
 //! - [`fuse2`]: the typed two-branch call a model makes, checking `A + B == O` at compile time;
 //! - [`FusionFactory`]: tells a model builder which fusion each neck node gets; [`PlainConcat`]
-//!   is the default. A factory receives the node's ultralytics layer index, its branch widths and
-//!   the store scope of the node (`model.12`), so a learnable fusion (Q-GBFusion: softmax branch
-//!   weights + post-fusion LayerNorm) registers its parameters as `model.12.<name>` and they are
-//!   saved, loaded and optimised with the rest of the model.
+//!   is the default, [`gbf::GbfFactory`] builds Q-GBFusion. A factory receives the node's
+//!   ultralytics layer index, its branch widths and the store scope of the node (`model.12`), so a
+//!   learnable fusion registers its entries as `model.12.<name>` and they are saved, loaded and
+//!   checkpointed with the rest of the model;
+//! - [`gbf`]: Q-GBFusion (Eq. 4–10): softmax allocation, post-fusion LayerNorm, gradient-energy
+//!   taps ([`tap`]), the closed-loop controller and its telemetry;
+//! - [`fold`]: LayerNorm folding for deployment (Eq. 11–12, App. Eq. 17–22) and its inverse;
+//! - [`proxy`]: the paper's linear error model (Eq. 1–3) for the theory suite.
 //!
 //! ```
 //! use q2_fusion::{fuse2, FusionFactory, PlainConcat};
@@ -30,8 +34,16 @@
 //! let y: Feat<9> = fuse2(&Concat, &a, &a, Mode::Eval).unwrap(); // 4 + 4 != 9
 //! ```
 
+pub mod fold;
+pub mod gbf;
+pub mod proxy;
+pub mod tap;
+
 use candle_core::Tensor;
 use q2_nn::{Feat, Mode, Scope};
+
+pub use fold::{fold_node, insert_node, Consumer, FoldReport, LnStats};
+pub use gbf::{GbfConfig, GbfFactory, GbfNode, NodeRecord};
 
 /// Errors of a fusion node.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +52,8 @@ pub enum FusionError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Nn(#[from] q2_nn::NnError),
+    #[error(transparent)]
+    Quant(#[from] q2_quant::QuantError),
     /// Branches that cannot be fused (wrong count, widths or spatial sizes); names the node.
     #[error("{0}")]
     Invalid(String),
@@ -66,24 +80,27 @@ pub trait Fusion: Send + Sync + std::fmt::Debug {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Concat;
 
+/// Checks that branches can be concatenated along channels: (B, C_i, H, W) with equal B, H, W.
+pub fn check_branches(branches: &[&Tensor], what: &str) -> Result<()> {
+    if branches.is_empty() {
+        return Err(FusionError::Invalid(format!("{what}: no branches to fuse")));
+    }
+    let first = branches[0].dims();
+    for b in branches {
+        let d = b.dims();
+        if d.len() != 4 || first.len() != 4 || d[0] != first[0] || d[2..] != first[2..] {
+            return Err(FusionError::Invalid(format!(
+                "{what}: branch shapes {:?} differ in batch or spatial size",
+                branches.iter().map(|t| t.dims().to_vec()).collect::<Vec<_>>()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Fusion for Concat {
     fn fuse(&self, branches: &[&Tensor], _mode: Mode) -> Result<Tensor> {
-        if branches.is_empty() {
-            return Err(FusionError::Invalid("Concat: no branches to fuse".into()));
-        }
-        let first = branches[0].dims();
-        for b in branches {
-            let d = b.dims();
-            if d.len() != 4 || d[0] != first[0] || d[2..] != first[2..] {
-                return Err(FusionError::Invalid(format!(
-                    "Concat: branch shapes {:?} differ in batch or spatial size",
-                    branches
-                        .iter()
-                        .map(|t| t.dims().to_vec())
-                        .collect::<Vec<_>>()
-                )));
-            }
-        }
+        check_branches(branches, "Concat")?;
         Ok(Tensor::cat(branches, 1)?)
     }
 }
