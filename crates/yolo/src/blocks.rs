@@ -131,6 +131,20 @@ impl<const I: usize, const O: usize, const K: usize, const S: usize> Run<I, O>
     }
 }
 
+/// A conv as a fusion node's consumer (LN folding, Q-GBFusion's calibrated insertion).
+pub fn consumer<'a, const I: usize, const O: usize, const K: usize, const S: usize>(
+    name: &str,
+    c: &'a QConv<I, O, K, S>,
+) -> q2_fusion::Consumer<'a> {
+    q2_fusion::Consumer {
+        name: name.to_string(),
+        weight: &c.conv.weight,
+        act_quant: c.aq.as_deref(),
+        weight_quantized: c.wq.is_some(),
+        bn: Some((&c.conv.bn.0.running_mean, &c.conv.bn.0.running_var, c.conv.bn.0.eps)),
+    }
+}
+
 /// Runs a typed conv with an explicit padding (the YOLOv5 stem `Conv(3, c, 6, 2, 2)`, whose
 /// padding 2 is not ultralytics' `autopad(6) = 3`): the same arithmetic as `QConv::forward`.
 pub fn run_padded<const I: usize, const O: usize, const K: usize, const S: usize>(

@@ -82,6 +82,18 @@ pub trait Detector: Send + Sync {
         self.run(x, crate::blocks::Ctx { calib: true, ..crate::blocks::Ctx::new(Mode::Eval) }).map(|_| ())
     }
 
+    /// The convs reading each neck fusion node's output, by node index (YOLOv5: C3 `cv1` and
+    /// `cv2`; YOLO11: C3k2 `cv1`): what LN folding and Q-GBFusion's calibrated insertion rescale.
+    fn fusion_consumers(&self) -> Vec<(usize, Vec<q2_fusion::Consumer<'_>>)> {
+        Vec::new()
+    }
+
+    /// The activation quantizer that reads each Detect input (P3, P4, P5): Q-ADA's Q and its step
+    /// s_c (YOLOv5: the prediction conv's; YOLO11: the box branch's first conv's). `None` in FP.
+    fn feature_quantizers(&self) -> [Option<&dyn q2_quant::Quantizer>; 3] {
+        [None, None, None]
+    }
+
     /// The ultralytics-style layer table (index, from, repeats, module, arguments) for
     /// `q2 summary`; parameters are filled in by [`crate::summary::summarize`].
     fn layer_table(&self) -> Vec<crate::summary::LayerRow> {

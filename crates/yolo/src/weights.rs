@@ -164,12 +164,18 @@ pub fn check_finite(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
 
 /// Loads ultralytics-named weights from a safetensors file into `store` (see the module doc).
 pub fn load(store: &ParamStore, path: &Path) -> Result<()> {
+    load_partial(store, path, &[])
+}
+
+/// As [`load`], where entries under any of `optional` (store prefixes such as `model.12.`, the
+/// Q-GBFusion nodes an FP checkpoint does not have) may also be missing and keep their values.
+pub fn load_partial(store: &ParamStore, path: &Path, optional: &[String]) -> Result<()> {
     let tensors = load_tensors(path, store.device())?;
     let mut missing = vec![];
     let mut mis_shaped = vec![];
     for (k, e) in store.iter() {
         match tensors.get(k) {
-            None if e.role == Role::Quant => {}
+            None if e.role == Role::Quant || optional.iter().any(|p| k.starts_with(p.as_str())) => {}
             None => missing.push(k.to_string()),
             Some(t) if t.dims() != e.var.dims() => {
                 mis_shaped.push((k.to_string(), e.var.dims().to_vec(), t.dims().to_vec()))

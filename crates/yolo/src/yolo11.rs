@@ -192,6 +192,18 @@ macro_rules! yolo11_scale {
             fn run(&self, x: &candle_core::Tensor, cx: $crate::blocks::Ctx<'_>) -> $crate::Result<([candle_core::Tensor; 3], $crate::HeadOut)> {
                 $name::run(self, x, cx)
             }
+            fn fusion_consumers(&self) -> Vec<(usize, Vec<q2_fusion::Consumer<'_>>)> {
+                use $crate::blocks::consumer;
+                vec![
+                    (12, vec![consumer("model.13.cv1", &self.l13.cv1)]),
+                    (15, vec![consumer("model.16.cv1", &self.l16.cv1)]),
+                    (18, vec![consumer("model.19.cv1", &self.l19.cv1)]),
+                    (21, vec![consumer("model.22.cv1", &self.l22.cv1)]),
+                ]
+            }
+            fn feature_quantizers(&self) -> [Option<&dyn q2_quant::Quantizer>; 3] {
+                [self.det.cv2.0.c0.aq.as_deref(), self.det.cv2.1.c0.aq.as_deref(), self.det.cv2.2.c0.aq.as_deref()]
+            }
             fn decode(&self, out: &$crate::HeadOut) -> $crate::Result<candle_core::Tensor> {
                 match out {
                     $crate::HeadOut::V11 { box_raw, cls_raw } => $crate::detect::decode_v11(box_raw, cls_raw, &self.det.dfl),

@@ -224,6 +224,18 @@ macro_rules! yolov5_scale {
             fn layer_table(&self) -> Vec<$crate::summary::LayerRow> {
                 $name::layer_table(self)
             }
+            fn fusion_consumers(&self) -> Vec<(usize, Vec<q2_fusion::Consumer<'_>>)> {
+                use $crate::blocks::consumer;
+                vec![
+                    (12, vec![consumer("model.13.cv1", &self.l13.cv1), consumer("model.13.cv2", &self.l13.cv2)]),
+                    (16, vec![consumer("model.17.cv1", &self.l17.cv1), consumer("model.17.cv2", &self.l17.cv2)]),
+                    (19, vec![consumer("model.20.cv1", &self.l20.cv1), consumer("model.20.cv2", &self.l20.cv2)]),
+                    (22, vec![consumer("model.23.cv1", &self.l23.cv1), consumer("model.23.cv2", &self.l23.cv2)]),
+                ]
+            }
+            fn feature_quantizers(&self) -> [Option<&dyn q2_quant::Quantizer>; 3] {
+                [self.det.m[0].aq.as_deref(), self.det.m[1].aq.as_deref(), self.det.m[2].aq.as_deref()]
+            }
             fn count_ops(&self, x: &candle_core::Tensor) -> $crate::Result<(u64, u64)> {
                 let prof = $crate::blocks::Prof::default();
                 let cx = $crate::blocks::Ctx { prof: Some(&prof), ..$crate::blocks::Ctx::new(q2_nn::Mode::Eval) };
