@@ -111,7 +111,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         m => bail!(InputError(format!("--mode must be fp or qat, got `{m}`"))),
     };
-    let model = glue::build_model_with(&args.model, args.nc, args.seed, &dev, plan.as_ref())?;
+    let model = glue::build_model_with(&args.model, args.nc, args.seed, &dev, plan.as_ref(), &q2_fusion::PlainConcat)?;
     let (x, targets) = batch(args.batch, args.img, args.nc, args.seed, &dev)?;
     if plan.is_some() {
         model.calibrate(&x)?;

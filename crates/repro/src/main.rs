@@ -13,6 +13,7 @@ mod eval_cmd;
 mod yolo_cmd;
 mod bench_cmd;
 mod infer_cmd;
+mod qat_cmd;
 mod train;
 
 /// mimalloc keeps freed memory mapped for reuse. With glibc's allocator every tensor above the
@@ -78,8 +79,17 @@ enum Cmd {
     Summary(yolo_cmd::SummaryArgs),
     /// One eval forward of a YOLO model: raw head outputs and decoded predictions to safetensors.
     Forward(yolo_cmd::ForwardArgs),
-    /// Train a YOLO model in full precision (YOLOv5 train.py's recipe); resumable.
+    /// Train a YOLO model (YOLOv5 train.py's recipe; full precision unless the config has a
+    /// [quant] table); resumable.
     Train(train::TrainArgs),
+    /// Quantization-aware training from an FP checkpoint: any quantizer at WxAy, with
+    /// Q-GBFusion and/or Q-ADA (the paper's recipe: hyp.VOC, one-cycle, early stopping); resumable.
+    Qat(qat_cmd::QatArgs),
+    /// Fold the post-fusion LayerNorm of a Q-GBFusion run away (Eq. 11–12), fine-tune briefly
+    /// (Adam 2e-5) and report the accuracy with LN, folded, and folded + fine-tuned.
+    Fold(qat_cmd::FoldArgs),
+    /// Run every quantizer × bit-width × variant as `q2 qat` cells and tabulate mAP50.
+    Grid(qat_cmd::GridArgs),
     /// Detect objects in image files: COCO-results JSON and annotated PNGs.
     Detect(infer_cmd::DetectArgs),
     /// Score a model on a dataset split (YOLOv5 val.py metrics, COCO and VOC).
@@ -124,6 +134,9 @@ fn main() -> ExitCode {
         Cmd::Summary(args) => yolo_cmd::summary(args),
         Cmd::Forward(args) => yolo_cmd::forward(args),
         Cmd::Train(args) => train::train_cmd(args),
+        Cmd::Qat(args) => qat_cmd::qat(args),
+        Cmd::Fold(args) => qat_cmd::fold(args),
+        Cmd::Grid(args) => qat_cmd::grid(args),
         Cmd::Bench(args) => bench_cmd::bench(args),
         Cmd::Detect(args) => infer_cmd::detect(args),
         Cmd::Val(args) => infer_cmd::val(args),

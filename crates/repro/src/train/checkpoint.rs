@@ -30,6 +30,9 @@ pub struct Meta {
     pub best_fitness: Option<f64>,
     pub best_epoch: Option<usize>,
     pub ema_updates: u64,
+    /// The run stopped early (validation patience); `--resume` has nothing left to do.
+    #[serde(default)]
+    pub stopped: bool,
     /// The resolved configuration (TOML) the run was started with.
     pub config: String,
 }

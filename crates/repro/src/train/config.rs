@@ -46,6 +46,85 @@ pub struct TrainConfig {
     pub clip_grad: f64,
     /// Cache decoded training images in RAM.
     pub cache: bool,
+    /// Stop when the validation fitness has not improved for this many epochs (0: never).
+    pub patience: usize,
+    /// Write Q-GBFusion telemetry (branch gradient energies, α, λ) every this many iterations
+    /// (0: off). Without `[gbf]` the neck Concats get gradient taps only (measurement).
+    pub telemetry_every: usize,
+    /// Sample per-channel magnitudes at the fusion nodes every this many iterations (0: never).
+    pub telemetry_mag_every: usize,
+    /// Teacher weights for Q-ADA (default: `weights`, the FP checkpoint QAT starts from).
+    pub teacher: Option<PathBuf>,
+    /// Quantization-aware training (absent: full precision).
+    pub quant: Option<QuantConfig>,
+    /// Q-GBFusion at the neck Concats (absent: plain Concat).
+    pub gbf: Option<q2_fusion::GbfConfig>,
+    /// Q-ADA distillation from the frozen FP teacher (absent: none).
+    pub ada: Option<q2_distill::AdaConfig>,
+}
+
+/// Overrides `base` with `over`, merging tables key by key.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn eight() -> u32 {
+    8
+}
+
+fn calib_images() -> usize {
+    32
+}
+
+/// The quantizers of a QAT run (turned into a `q2_quant::QuantPlan`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantConfig {
+    /// `lsq`, `lsq_plus`, `pact`, `n2uq` or `minmax`.
+    pub method: q2_quant::Method,
+    pub w_bits: u32,
+    pub a_bits: u32,
+    /// Bits of the first conv (32: full precision).
+    #[serde(default = "eight")]
+    pub first_bits: u32,
+    /// Bits of the Detect prediction convs (32: full precision).
+    #[serde(default = "eight")]
+    pub head_bits: u32,
+    #[serde(default)]
+    pub per_channel_weights: bool,
+    /// Signed activation grids (LSQ, LSQ+, MinMax).
+    #[serde(default)]
+    pub act_signed: bool,
+    #[serde(default)]
+    pub act_init: q2_quant::InitMode,
+    /// Images of the calibration batch that initialises the quantizers.
+    #[serde(default = "calib_images")]
+    pub calib_images: usize,
+}
+
+impl QuantConfig {
+    pub fn new(method: q2_quant::Method, w_bits: u32, a_bits: u32) -> Self {
+        Self { method, w_bits, a_bits, first_bits: 8, head_bits: 8, per_channel_weights: false, act_signed: false, act_init: q2_quant::InitMode::Default, calib_images: 32 }
+    }
+
+    pub fn plan(&self) -> q2_quant::QuantPlan {
+        let bits = |b: u32| if b >= 32 { None } else { Some(b) };
+        q2_quant::QuantPlan {
+            first_bits: bits(self.first_bits),
+            head_bits: bits(self.head_bits),
+            per_channel_weights: self.per_channel_weights,
+            act_signed: self.act_signed,
+            act_init: self.act_init,
+            ..q2_quant::QuantPlan::new(self.method, self.w_bits, self.a_bits)
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -70,6 +149,13 @@ impl Default for TrainConfig {
             v11_dfl: 1.5,
             clip_grad: 10.0,
             cache: false,
+            patience: 0,
+            telemetry_every: 0,
+            telemetry_mag_every: 0,
+            teacher: None,
+            quant: None,
+            gbf: None,
+            ada: None,
         }
     }
 }
@@ -79,6 +165,15 @@ impl TrainConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| InputError(format!("{}: invalid training configuration: {e}", path.display())).into())
+    }
+
+    /// Reads a TOML configuration file whose keys override `base` (tables merge key by key).
+    pub fn load_over(path: &Path, base: &TrainConfig) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+        let file: toml::Table = toml::from_str(&text).map_err(|e| InputError(format!("{}: invalid TOML: {e}", path.display())))?;
+        let mut merged: toml::Table = toml::from_str(&base.to_toml()).expect("a TrainConfig always round-trips");
+        merge(&mut merged, file);
+        toml::Value::Table(merged).try_into().map_err(|e| InputError(format!("{}: invalid training configuration: {e}", path.display())).into())
     }
 
     pub fn to_toml(&self) -> String {
@@ -99,6 +194,33 @@ impl TrainConfig {
         }
         if self.clip_grad.is_nan() || self.clip_grad <= 0.0 {
             return bad(format!("clip_grad must be positive, got {}", self.clip_grad));
+        }
+        if let Some(q) = &self.quant {
+            for (what, b) in [("w_bits", q.w_bits), ("a_bits", q.a_bits)] {
+                if !(2..=8).contains(&b) {
+                    return bad(format!("quant.{what} must be in 2..=8, got {b}"));
+                }
+            }
+            for (what, b) in [("first_bits", q.first_bits), ("head_bits", q.head_bits)] {
+                if !(2..=8).contains(&b) && b != 32 {
+                    return bad(format!("quant.{what} must be in 2..=8 or 32 (full precision), got {b}"));
+                }
+            }
+            if q.calib_images == 0 {
+                return bad("quant.calib_images must be ≥ 1".into());
+            }
+            if self.weights.is_none() {
+                return bad("quantization-aware training starts from full-precision weights: pass --weights (e.g. runs/fp/best.safetensors)".into());
+            }
+        }
+        if let Some(g) = &self.gbf {
+            g.validate().map_err(|e| InputError(e.to_string()))?;
+        }
+        if let Some(a) = &self.ada {
+            a.validate().map_err(|e| InputError(format!("ada: {e}")))?;
+            if self.teacher.is_none() && self.weights.is_none() {
+                return bad("Q-ADA needs a full-precision teacher: pass --weights or --teacher".into());
+            }
         }
         Ok(())
     }

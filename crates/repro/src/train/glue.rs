@@ -8,6 +8,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use q2_data::loader::ShapeInfo;
 use q2_data::Hyp;
+use q2_fusion::FusionFactory;
 use q2_nn::ParamStore;
 use q2_quant::QuantPlan;
 use q2_yolo::loss::v5::{V5Hyp, V5Loss, V5LossConfig};
@@ -21,14 +22,14 @@ use crate::cli::InputError;
 
 /// A full-precision detector with plain Concat fusion, parameters initialised from `seed`.
 pub fn build_model(name: &str, nc: usize, seed: u64, device: &Device) -> Result<Box<dyn Detector>> {
-    build_model_with(name, nc, seed, device, None)
+    build_model_with(name, nc, seed, device, None, &q2_fusion::PlainConcat)
 }
 
-/// As [`build_model`], optionally quantized by `plan`.
-pub fn build_model_with(name: &str, nc: usize, seed: u64, device: &Device, plan: Option<&QuantPlan>) -> Result<Box<dyn Detector>> {
+/// As [`build_model`], optionally quantized by `plan`, with `fusion` at the neck Concats.
+pub fn build_model_with(name: &str, nc: usize, seed: u64, device: &Device, plan: Option<&QuantPlan>, fusion: &dyn FusionFactory) -> Result<Box<dyn Detector>> {
     q2_yolo::build::family_of(name).map_err(|e| InputError(e.to_string()))?;
     let store = ParamStore::new(device.clone(), seed);
-    Ok(q2_yolo::build::build(name, nc, plan, &q2_fusion::PlainConcat, store)?)
+    Ok(q2_yolo::build::build(name, nc, plan, fusion, store)?)
 }
 
 /// Loads ultralytics-named weights (a mismatch names the file and the keys).

@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod glue;
+pub mod qat;
 pub mod validate;
 
 use std::io::Write;
@@ -115,9 +116,14 @@ impl TrainArgs {
 
     /// The configuration: file, then flags.
     pub fn resolve(&self) -> Result<TrainConfig> {
+        self.resolve_over(&TrainConfig::default())
+    }
+
+    /// The configuration: `base`, then the file's keys, then flags.
+    pub fn resolve_over(&self, base: &TrainConfig) -> Result<TrainConfig> {
         let mut c = match &self.config {
-            Some(p) => TrainConfig::load(p)?,
-            None => TrainConfig::default(),
+            Some(p) => TrainConfig::load_over(p, base)?,
+            None => base.clone(),
         };
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
@@ -140,6 +146,8 @@ pub struct RunFiles {
     pub ckpt: PathBuf,
     pub last: PathBuf,
     pub best: PathBuf,
+    pub telemetry: PathBuf,
+    pub summary: PathBuf,
 }
 
 impl RunFiles {
@@ -150,17 +158,37 @@ impl RunFiles {
             ckpt: dir.join("last.ckpt.safetensors"),
             last: dir.join("last.safetensors"),
             best: dir.join("best.safetensors"),
+            telemetry: dir.join("telemetry.jsonl"),
+            summary: dir.join("summary.json"),
         }
+    }
+
+    /// Every file a run writes (removed when a run is replaced with `--force`).
+    pub fn all(&self) -> [&PathBuf; 6] {
+        [&self.ckpt, &self.metrics, &self.last, &self.best, &self.telemetry, &self.summary]
     }
 }
 
-/// The final result of a run.
-#[derive(Debug, serde::Serialize)]
+/// The final result of a run (also written as `summary.json`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainSummary {
     pub epochs_done: usize,
     pub best_epoch: Option<usize>,
     pub best_fitness: Option<f64>,
+    /// Validation metrics of the best epoch.
+    #[serde(default)]
+    pub best: Option<validate::ValMetrics>,
     pub last: Option<validate::ValMetrics>,
+    /// The run ended early: no better fitness for `patience` epochs.
+    #[serde(default)]
+    pub stopped_early: bool,
+    /// Training plus validation seconds up to the end of the best epoch (the paper's
+    /// time-to-convergence under validation-based early stopping, Table 4).
+    #[serde(default)]
+    pub time_to_best_s: Option<f64>,
+    /// Seconds of training and validation in all epochs.
+    #[serde(default)]
+    pub total_s: f64,
     pub out: PathBuf,
 }
 
@@ -170,28 +198,8 @@ fn data_err(e: q2_data::DataError) -> anyhow::Error {
 
 /// `q2 train`.
 pub fn train_cmd(args: TrainArgs) -> Result<()> {
-    let files = RunFiles::new(&args.out);
-    let cfg = if args.resume {
-        if args.overrides_given() {
-            bail!(InputError("--resume continues a run with its own config.toml; pass only --out (and --threads)".into()));
-        }
-        if !files.ckpt.is_file() {
-            bail!(InputError(format!("--resume: {} has no checkpoint to resume from", files.ckpt.display())));
-        }
-        TrainConfig::load(&files.config)?
-    } else {
-        let cfg = args.resolve()?;
-        if files.ckpt.exists() && !args.force {
-            bail!(InputError(format!("{} already holds a run; pass --resume to continue it or --force to replace it", args.out.display())));
-        }
-        std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-        for f in [&files.ckpt, &files.metrics, &files.last, &files.best] {
-            let _ = std::fs::remove_file(f);
-        }
-        q2_nn::fsutil::write_atomic(&files.config, cfg.to_toml().as_bytes())?;
-        cfg
-    };
-    let summary = run(&cfg, &files, args.resume, !args.json, args.stop_after)?;
+    let cfg = if args.resume { None } else { Some(args.resolve()?) };
+    let summary = start(&args, cfg)?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else if let Some(m) = &summary.last {
@@ -208,6 +216,36 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Starts the run `cfg` in `args.out` (replacing one there only with `--force`), or resumes the
+/// run there when `cfg` is `None` (`--resume`, which takes no other flags).
+pub fn start(args: &TrainArgs, cfg: Option<TrainConfig>) -> Result<TrainSummary> {
+    let files = RunFiles::new(&args.out);
+    let resume = cfg.is_none();
+    let cfg = match cfg {
+        None => {
+            if args.overrides_given() {
+                bail!(InputError("--resume continues a run with its own config.toml; pass only --out (and --threads)".into()));
+            }
+            if !files.ckpt.is_file() {
+                bail!(InputError(format!("--resume: {} has no checkpoint to resume from", files.ckpt.display())));
+            }
+            TrainConfig::load(&files.config)?
+        }
+        Some(cfg) => {
+            if files.ckpt.exists() && !args.force {
+                bail!(InputError(format!("{} already holds a run; pass --resume to continue it or --force to replace it", args.out.display())));
+            }
+            std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+            for f in files.all() {
+                let _ = std::fs::remove_file(f);
+            }
+            q2_nn::fsutil::write_atomic(&files.config, cfg.to_toml().as_bytes())?;
+            cfg
+        }
+    };
+    run(&cfg, &files, resume, !args.json, args.stop_after)
+}
+
 /// Runs (or resumes) the training described by `cfg` in `files`.
 pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, stop_after: Option<usize>) -> Result<TrainSummary> {
     let device = Device::Cpu;
@@ -218,12 +256,28 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
     let val_ds = dc.read(Split::Val, &scan).map_err(data_err)?;
     let nc = train_ds.names.len();
 
-    let model = glue::build_model(&cfg.model, nc, cfg.seed, &device)?;
+    let (model, nodes) = qat::build(cfg, nc, &device)?;
     if let Some(w) = &cfg.weights {
-        glue::load_weights(model.as_ref(), w)?;
+        qat::load_weights(model.as_ref(), &nodes, w)?;
     }
-    let ema_model = glue::build_model(&cfg.model, nc, cfg.seed, &device)?;
+    let (ema_model, _) = qat::build(cfg, nc, &device)?;
     let loss = glue::Loss::new(model.as_ref(), &hyp, cfg)?;
+    let teacher = match &cfg.ada {
+        Some(ada) => {
+            let path = cfg.teacher.as_ref().or(cfg.weights.as_ref()).ok_or_else(|| InputError("Q-ADA needs a teacher: pass --teacher or --weights".into()))?;
+            Some(qat::Teacher::load(cfg, ada, nc, path, &device)?)
+        }
+        None => None,
+    };
+    if !resume && (cfg.quant.is_some() || nodes.iter().any(|n| n.balances())) {
+        // From FP weights: Q-GBFusion's calibrated insertion, then the quantizers' initialisation.
+        let n = cfg.quant.as_ref().map_or(32, |q| q.calib_images);
+        let x = qat::calibration_batch(&train_ds, cfg.img, n, cfg.workers, &device)?;
+        let used = qat::calibrate(model.as_ref(), &nodes, &x, cfg.weights.is_some())?;
+        for (node, st) in used {
+            tracing::info!("Q-GBFusion node {node}: inserted with μ̄ {:.4}, σ̄ {:.4} ({} locations)", st.mu_bar(), st.sigma_bar(0.0), st.n);
+        }
+    }
 
     let mut lc = LoaderConfig::train(cfg.img, cfg.batch, cfg.workers, hyp.clone(), cfg.seed);
     lc.cache_images = cfg.cache;
@@ -260,6 +314,7 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
         best_fitness: None,
         best_epoch: None,
         ema_updates: 0,
+        stopped: false,
         config: cfg.to_toml(),
     };
     if resume {
@@ -270,17 +325,18 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
         meta = l.meta.clone();
         checkpoint::restore(l, &files.ckpt, model.store(), &mut ema, &mut opt, &mut acc)?;
         tracing::info!("resuming {} after epoch {} (iteration {})", files.ckpt.display(), meta.epochs_done, meta.ni);
-        keep_epochs_before(&files.metrics, meta.epochs_done)?;
+        keep_lines(&files.metrics, |v| v["epoch"].as_u64().is_some_and(|e| (e as usize) < meta.epochs_done))?;
+        keep_lines(&files.telemetry, |v| v["ni"].as_u64().is_some_and(|i| (i as usize) < meta.ni))?;
     }
 
     let params: Vec<candle_core::Var> = model.store().trainable().map(|(_, e)| e.var.clone()).collect();
-    let mut last_val = None;
-    let end = stop_after.map_or(cfg.epochs, |n| (meta.epochs_done + n).min(cfg.epochs));
+    let end = if meta.stopped { meta.epochs_done } else { stop_after.map_or(cfg.epochs, |n| (meta.epochs_done + n).min(cfg.epochs)) };
     for epoch in meta.epochs_done..end {
         let t0 = Instant::now();
         let bar = progress_bar(progress, nb as u64, epoch, cfg.epochs);
-        let mut sums = [0f64; 3];
+        let mut sums = [0f64; 4];
         let mut seen = 0usize;
+        let mut telemetry = String::new();
         let mut it = loader.epoch(epoch as u64);
         for i in 0..nb {
             let Some(b) = it.next() else { break };
@@ -301,30 +357,59 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
                 };
                 format!("epoch {epoch}, iteration {ni}: {what}; stopped without a step. {last_good}")
             };
-            let out = model.forward(&x, Mode::Train).with_context(|| stop("the forward pass failed"))?;
-            let (total, items) = loss.compute(&out, &targets, b.batch_size).with_context(|| stop("the loss failed"))?;
+            let record = cfg.telemetry_every > 0 && ni % cfg.telemetry_every == 0;
+            if record && cfg.telemetry_mag_every > 0 && ni % cfg.telemetry_mag_every == 0 {
+                for n in &nodes {
+                    n.request_magnitudes()?;
+                }
+            }
+            let (feats, out) = model.forward_features(&x, Mode::Train).with_context(|| stop("the forward pass failed"))?;
+            let (mut total, items) = loss.compute(&out, &targets, b.batch_size).with_context(|| stop("the loss failed"))?;
+            let mut ada_item = 0f32;
+            if let Some(t) = &teacher {
+                let l = t.loss(model.as_ref(), &feats, &x).with_context(|| stop("the Q-ADA loss failed"))?;
+                // The detection loss is the batch sum (·bs) of per-image terms; Q-ADA is per image.
+                ada_item = l.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+                total = (total + (l * b.batch_size as f64)?)?;
+            }
             let total_v = total.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            if !total_v.is_finite() || items.iter().any(|v| !v.is_finite()) {
-                bail!(stop(&format!("the loss is not finite ({total_v}; items {items:?})")));
+            if !total_v.is_finite() || items.iter().any(|v| !v.is_finite()) || !ada_item.is_finite() {
+                bail!(stop(&format!("the loss is not finite ({total_v}; items {items:?}, Q-ADA {ada_item})")));
             }
             let grads = total.backward()?;
             acc.add(params.iter(), &grads)?;
             drop(grads);
+            // Q-GBFusion: the branch energies of this backward pass into the EMA (Eq. 8)...
+            let mut recs = Vec::with_capacity(nodes.len());
+            for n in &nodes {
+                if let Some(r) = n.observe()? {
+                    recs.push(r);
+                }
+            }
             meta.ni += 1;
             if meta.ni - meta.last_opt_step >= p.accumulate {
+                // ...and the feedback law (Eq. 9–10) after the backward, before the optimizer step.
+                for (n, r) in nodes.iter().zip(recs.iter_mut()) {
+                    r.lam = n.control()?;
+                }
                 acc.clip_grad_norm(cfg.clip_grad)?;
                 opt.step(&acc)?;
                 acc.clear();
                 ema.update(model.store())?;
                 meta.last_opt_step = meta.ni;
             }
-            for (s, v) in sums.iter_mut().zip(items) {
-                *s += v as f64;
+            if record && !recs.is_empty() {
+                telemetry.push_str(&serde_json::to_string(&qat::StepRecord { ni, epoch, nodes: &recs })?);
+                telemetry.push('\n');
+            }
+            for (s, v) in sums.iter_mut().zip(items.iter().chain([&ada_item])) {
+                *s += *v as f64;
             }
             seen += 1;
             if let Some(bar) = &bar {
                 let n = seen as f64;
-                bar.set_message(format!("{} {:.4} {:.4} {:.4} lr {:.5}", loss.item_names().join("/"), sums[0] / n, sums[1] / n, sums[2] / n, p.lr[1]));
+                let ada = if teacher.is_some() { format!(" ada {:.5}", sums[3] / n) } else { String::new() };
+                bar.set_message(format!("{} {:.4} {:.4} {:.4}{ada} lr {:.5}", loss.item_names().join("/"), sums[0] / n, sums[1] / n, sums[2] / n, p.lr[1]));
                 bar.set_position(i as u64 + 1);
             }
             it.recycle(b);
@@ -353,6 +438,10 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
                 meta.best_epoch = Some(epoch);
                 ema_model.store().save_safetensors(&files.best)?;
             }
+            if cfg.patience > 0 && meta.best_epoch.is_some_and(|b| epoch - b >= cfg.patience) {
+                meta.stopped = true;
+                tracing::info!("early stopping after epoch {epoch}: no better fitness since epoch {}", meta.best_epoch.unwrap_or(0));
+            }
         }
         let n = seen.max(1) as f64;
         let names = loss.item_names();
@@ -364,42 +453,69 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
             "img_per_s": (seen * cfg.batch) as f64 / train_s,
             names[0]: sums[0] / n, names[1]: sums[1] / n, names[2]: sums[2] / n,
         });
+        if teacher.is_some() {
+            line["ada"] = (sums[3] / n).into();
+        }
         if let Some(v) = &val {
             line["val"] = serde_json::to_value(v)?;
             line["fitness"] = v.fitness().into();
             tracing::info!("epoch {epoch}: val mAP50 {:.4} mAP50-95 {:.4} ({} images, {:.1} s)", v.map50, v.map50_95, v.images, v.seconds);
         }
-        // The metrics line before the checkpoint: a resume drops lines of epochs the checkpoint
-        // does not contain, so a kill in between never duplicates or loses a line.
+        // The metrics and telemetry lines before the checkpoint: a resume drops lines the
+        // checkpoint does not contain, so a kill in between never duplicates or loses a line.
         append_line(&files.metrics, &line)?;
+        append_text(&files.telemetry, &telemetry)?;
         checkpoint::save(&files.ckpt, model.store(), &ema, &opt, &acc, &meta)?;
-        if val.is_some() {
-            last_val = val;
+        if meta.stopped {
+            break;
         }
     }
+    let summary = summarize(files, &meta)?;
+    q2_nn::fsutil::write_atomic(&files.summary, serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    Ok(summary)
+}
+
+/// The run's summary from its metrics lines and checkpoint counters.
+fn summarize(files: &RunFiles, meta: &checkpoint::Meta) -> Result<TrainSummary> {
+    let text = std::fs::read_to_string(&files.metrics).unwrap_or_default();
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let secs = |l: &serde_json::Value| l["train_s"].as_f64().unwrap_or(0.0) + l["val"]["seconds"].as_f64().unwrap_or(0.0);
+    let val_of = |l: &serde_json::Value| serde_json::from_value::<validate::ValMetrics>(l["val"].clone()).ok();
+    let best_line = meta.best_epoch.and_then(|b| lines.iter().find(|l| l["epoch"].as_u64() == Some(b as u64)));
     Ok(TrainSummary {
         epochs_done: meta.epochs_done,
         best_epoch: meta.best_epoch,
         best_fitness: meta.best_fitness,
-        last: last_val,
+        best: best_line.and_then(val_of),
+        last: lines.iter().rev().find_map(val_of),
+        stopped_early: meta.stopped,
+        time_to_best_s: meta.best_epoch.map(|b| lines.iter().filter(|l| l["epoch"].as_u64().is_some_and(|e| e <= b as u64)).map(secs).sum()),
+        total_s: lines.iter().map(secs).sum(),
         out: files.config.parent().map(Path::to_path_buf).unwrap_or_default(),
     })
 }
 
-/// Rewrites `metrics.jsonl` keeping the lines of epochs before `n` (atomically).
-fn keep_epochs_before(path: &Path, n: usize) -> Result<()> {
+/// Rewrites a JSONL file keeping the lines `keep` accepts (atomically).
+fn keep_lines(path: &Path, keep: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["epoch"].as_u64()).is_some_and(|e| (e as usize) < n))
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().is_some_and(|v| keep(&v)))
         .map(|l| format!("{l}\n"))
         .collect();
     Ok(q2_nn::fsutil::write_atomic(path, kept.as_bytes())?)
 }
 
 fn append_line(path: &Path, v: &serde_json::Value) -> Result<()> {
+    append_text(path, &format!("{v}\n"))
+}
+
+fn append_text(path: &Path, text: &str) -> Result<()> {
+    if text.is_empty() {
+        return Ok(());
+    }
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{v}").with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     f.sync_data().map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 

@@ -13,7 +13,7 @@ use q2_yolo::Detector;
 use super::glue;
 
 /// The metrics of one validation pass.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ValMetrics {
     pub map50: f64,
     pub map50_95: f64,
