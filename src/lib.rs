@@ -5,7 +5,9 @@
 //! criterion benches (`benches/`).
 
 pub use q2_data as data;
+pub use q2_distill as distill;
 pub use q2_eval as eval;
+pub use q2_fusion as fusion;
 pub use q2_nn as nn;
 pub use q2_quant as quant;
 
