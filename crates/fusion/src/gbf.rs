@@ -38,14 +38,7 @@ pub fn softmax(lam: &[f64]) -> Vec<f64> {
     e.into_iter().map(|v| v / s).collect()
 }
 
-/// Eq. 6 (App. Eq. 17): LayerNorm over the channels of every location of a (B, C, H, W) map,
-/// LN(h) = (h − μ_h)/sqrt(σ_h² + ε), μ_h and σ_h² (population variance) over C, no affine.
-pub fn layer_norm_channels(h: &Tensor, eps: f64) -> Result<Tensor> {
-    let mu = h.mean_keepdim(1)?;
-    let hc = h.broadcast_sub(&mu)?;
-    let var = hc.sqr()?.mean_keepdim(1)?;
-    Ok(hc.broadcast_div(&(var + eps)?.sqrt()?)?)
-}
+pub use crate::ln::layer_norm_channels;
 
 /// Eq. 7: the residual energy ‖∂L/∂F'_i‖₂ = G_i/α_i (F'_i = α_i·F̃_i, so by the chain rule
 /// log G_i = log α_i + log ‖∂L/∂F'_i‖₂ exactly).

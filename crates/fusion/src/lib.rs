@@ -9,8 +9,8 @@
 //!   ultralytics layer index, its branch widths and the store scope of the node (`model.12`), so a
 //!   learnable fusion registers its entries as `model.12.<name>` and they are saved, loaded and
 //!   checkpointed with the rest of the model;
-//! - [`gbf`]: Q-GBFusion (Eq. 4–10): softmax allocation, post-fusion LayerNorm, gradient-energy
-//!   taps ([`tap`]), the closed-loop controller and its telemetry;
+//! - [`gbf`]: Q-GBFusion (Eq. 4–10): softmax allocation, post-fusion LayerNorm ([`ln`], a fused
+//!   CPU op), gradient-energy taps ([`tap`]), the closed-loop controller and its telemetry;
 //! - [`fold`]: LayerNorm folding for deployment (Eq. 11–12, App. Eq. 17–22) and its inverse;
 //! - [`proxy`]: the paper's linear error model (Eq. 1–3) for the theory suite.
 //!
@@ -36,6 +36,7 @@
 
 pub mod fold;
 pub mod gbf;
+pub mod ln;
 pub mod proxy;
 pub mod tap;
 
