@@ -14,6 +14,7 @@ mod yolo_cmd;
 mod bench_cmd;
 mod infer_cmd;
 mod qat_cmd;
+mod plot_cmd;
 mod train;
 
 /// mimalloc keeps freed memory mapped for reuse. With glibc's allocator every tensor above the
@@ -96,6 +97,9 @@ enum Cmd {
     Val(infer_cmd::ValArgs),
     /// Time one training step (forward, loss, backward, SGD) of a YOLO model, FP or QAT.
     Bench(bench_cmd::BenchArgs),
+    /// Plot the deep/shallow gradient imbalance of the fusion nodes (Fig. 1b, 3a, 3b) from the
+    /// telemetry of training runs: three SVGs and a table of the ratios.
+    PlotImbalance(plot_cmd::PlotArgs),
 }
 
 /// `q2 bench | head -1` should end quietly as other Unix tools do, not panic in `println!`:
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench_cmd::bench(args),
         Cmd::Detect(args) => infer_cmd::detect(args),
         Cmd::Val(args) => infer_cmd::val(args),
+        Cmd::PlotImbalance(args) => plot_cmd::plot(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
