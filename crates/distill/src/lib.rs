@@ -52,5 +52,5 @@ pub mod saliency;
 pub use config::{AdaConfig, Divergence, RGrad, TeacherDelta};
 pub use divergence::{attention_distribution, js_divergence, kl_divergence};
 pub use error::{DistillError, Result};
-pub use loss::{ada_level_loss, ada_loss, StudentFeature};
+pub use loss::{ada_level_loss, ada_loss, DistillLoss, StudentFeature};
 pub use saliency::{channel_stats, saliency};

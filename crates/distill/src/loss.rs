@@ -198,3 +198,27 @@ mod tests {
         assert!(ada_level_loss(&cfg, &StudentFeature { x: &a64, quantizer: Some(&*q) }, &a64).is_err());
     }
 }
+
+/// The extension point for feature distillation: a loss between the student's supervised
+/// features (with the quantizers that read them) and the frozen teacher's, returned weighted and
+/// per image. The trainer holds a `Box<dyn DistillLoss>`; Q-ADA ([`AdaConfig`]) is one. A new
+/// loss implements this trait and gets one arm where `q2 qat` builds its teacher.
+pub trait DistillLoss: Send + Sync {
+    /// A short name for logs (`Q-ADA (js)`).
+    fn name(&self) -> String;
+    /// The weighted loss, a scalar.
+    fn loss(&self, student: &[StudentFeature], teacher: &[Tensor]) -> Result<Tensor>;
+}
+
+impl DistillLoss for AdaConfig {
+    fn name(&self) -> String {
+        format!("Q-ADA ({})", match self.divergence {
+            Divergence::Js => "js",
+            Divergence::Kl => "kl",
+        })
+    }
+
+    fn loss(&self, student: &[StudentFeature], teacher: &[Tensor]) -> Result<Tensor> {
+        ada_loss(self, student, teacher)
+    }
+}

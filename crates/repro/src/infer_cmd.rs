@@ -115,8 +115,13 @@ pub fn detect(args: DetectArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct ValArgs {
-    #[arg(long)]
-    pub model: String,
+    /// The model (not needed with --config).
+    #[arg(long, required_unless_present = "config")]
+    pub model: Option<String>,
+    /// The configuration of the run the weights come from (`RUN/config.toml` of q2 train / q2 qat):
+    /// the model is built with its quantizers and Q-GBFusion (folded weights included).
+    #[arg(long, value_name = "config.toml")]
+    pub config: Option<PathBuf>,
     #[arg(long, value_name = "W.safetensors")]
     pub weights: PathBuf,
     /// Dataset folder or data.yaml (VOC, COCO or YOLO layout).
@@ -162,7 +167,16 @@ pub fn val(args: ValArgs) -> Result<()> {
         eprintln!("{}", ds.report.summary(10));
     }
     let dev = Device::Cpu;
-    let model = glue::build_model(&args.model, ds.names.len(), 0, &dev)?;
+    let model = match &args.config {
+        Some(c) => {
+            let mut cfg = crate::train::TrainConfig::load(c)?;
+            if let Some(m) = &args.model {
+                cfg.model = m.clone();
+            }
+            crate::train::qat::build(&cfg, ds.names.len(), &dev)?.0
+        }
+        None => glue::build_model(args.model.as_deref().unwrap_or_default(), ds.names.len(), 0, &dev)?,
+    };
     glue::load_weights(model.as_ref(), &args.weights)?;
     let mut vc = LoaderConfig::val(args.img, args.batch, args.workers);
     vc.on_error = on_error;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use q2_data::{Dataset, Loader, LoaderConfig};
-use q2_distill::{ada_loss, AdaConfig, StudentFeature};
+use q2_distill::{AdaConfig, DistillLoss, StudentFeature};
 use q2_fusion::{FusionFactory, GbfConfig, GbfFactory, GbfNode, NodeRecord};
 use q2_nn::Mode;
 use q2_yolo::Detector;
@@ -83,10 +83,10 @@ pub fn calibrate(model: &dyn Detector, nodes: &[Arc<GbfNode>], x: &Tensor, inser
     Ok(used)
 }
 
-/// The frozen full-precision teacher of Q-ADA.
+/// The frozen full-precision teacher and the distillation loss against it (Q-ADA).
 pub struct Teacher {
     pub model: Box<dyn Detector>,
-    pub cfg: AdaConfig,
+    pub loss: Box<dyn DistillLoss>,
 }
 
 impl Teacher {
@@ -94,17 +94,17 @@ impl Teacher {
     pub fn load(cfg: &TrainConfig, ada: &AdaConfig, nc: usize, path: &Path, device: &Device) -> Result<Self> {
         let model = glue::build_model(&cfg.model, nc, cfg.seed, device)?;
         glue::load_weights(model.as_ref(), path).with_context(|| format!("loading the Q-ADA teacher {}", path.display()))?;
-        Ok(Self { model, cfg: ada.clone() })
+        Ok(Self { model, loss: Box::new(ada.clone()) })
     }
 
-    /// The Q-ADA loss (Eq. 16, weighted) between the student's Detect inputs `feats` and the
-    /// teacher's on the same batch `x`.
+    /// The distillation loss (Q-ADA: Eq. 16, weighted) between the student's Detect inputs
+    /// `feats` and the teacher's on the same batch `x`.
     pub fn loss(&self, student: &dyn Detector, feats: &[Tensor; 3], x: &Tensor) -> Result<Tensor> {
         let (tf, _) = self.model.forward_features(x, Mode::Eval)?;
         let tf: Vec<Tensor> = tf.iter().map(Tensor::detach).collect();
         let qs = student.feature_quantizers();
         let sf: Vec<StudentFeature> = feats.iter().zip(qs).map(|(x, q)| StudentFeature { x, quantizer: q }).collect();
-        Ok(ada_loss(&self.cfg, &sf, &tf)?)
+        Ok(self.loss.loss(&sf, &tf)?)
     }
 }
 
