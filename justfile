@@ -1,6 +1,15 @@
 # q2 tasks: thin wrappers over cargo and the q2 CLI.
 
-# Evaluate one quantizer on the bundled example (the current main job).
+# The main job: synthetic benchmark → FP YOLOv5n → W4A4 LSQ/N2UQ × {baseline, +GBF, +ADA, +both}
+# with LN folding → the gradient-imbalance figures (scripts/reproduce.sh; ~30 min on 2 cores).
+reproduce out="runs/reproduce":
+    bash scripts/reproduce.sh {{out}}
+
+# Every quantizer × {baseline, gbf, ada, both} at W4A4 and W3A3 from an FP checkpoint.
+grid weights data="data/synth500" out="runs/grid" epochs="6":
+    cargo run --release --bin q2 -- grid --data {{data}} --model yolov5n --img 256 --batch 16 --nbs 16 --weights {{weights}} --epochs {{epochs}} --out {{out}} --fold
+
+# Evaluate one quantizer on the bundled example.
 smoke:
     cargo run --release --bin q2 -- quant --in examples/quant/lsq_w4.json --out lsq_w4.result.json
 
