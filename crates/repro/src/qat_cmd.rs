@@ -14,7 +14,6 @@ use q2_fusion::gbf::Energy;
 use q2_nn::optim::{yolov5_groups, Adam, Optimizer};
 use q2_nn::Mode;
 use q2_quant::Method;
-use q2_yolo::Targets;
 use serde::Serialize;
 
 use crate::cli::InputError;
@@ -363,11 +362,7 @@ pub fn fold(args: FoldArgs) -> Result<()> {
             let Some(b) = it.next() else { break };
             let b = b.map_err(|e| InputError(e.to_string()))?;
             let x = validate::images_tensor(&b, &device)?;
-            let t = Targets {
-                image: b.targets.iter().map(|t| t[0] as usize).collect(),
-                class: b.targets.iter().map(|t| t[1] as usize).collect(),
-                xywhn: b.targets.iter().map(|t| [t[2], t[3], t[4], t[5]]).collect(),
-            };
+            let t = validate::targets(&b);
             let (total, _) = loss.compute(&model.forward(&x, Mode::Train)?, &t, b.batch_size)?;
             let v = total.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !v.is_finite() {

@@ -3,22 +3,10 @@
 //! Q-GBFusion + Q-ADA run (controller state, telemetry), early stopping, LN folding, bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn q2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_q2")).args(["--threads", "2"]).args(args).output().unwrap()
-}
+mod common;
 
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn status2(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
-}
+use common::{ok, q2, status2};
 
 /// A dataset and an FP checkpoint trained on it for one short epoch.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {

@@ -4,22 +4,10 @@
 //! naming its last good state).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn q2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_q2")).args(["--threads", "2"]).args(args).output().unwrap()
-}
+mod common;
 
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn status2(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
-}
+use common::{ok, q2, status2};
 
 fn dataset(dir: &Path) -> PathBuf {
     let d = dir.join("synth");

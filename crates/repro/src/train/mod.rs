@@ -29,7 +29,6 @@ use q2_nn::ema::ModelEma;
 use q2_nn::optim::{yolov5_groups, GradAccumulator, Optimizer, Sgd};
 use q2_nn::sched::{LrShape, Yolov5Schedule};
 use q2_nn::Mode;
-use q2_yolo::Targets;
 
 use crate::cli::InputError;
 pub use config::TrainConfig;
@@ -344,11 +343,7 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
             let ni = meta.ni;
             let p = sched.apply(ni, epoch, &mut opt);
             let x = validate::images_tensor(&b, &device)?;
-            let targets = Targets {
-                image: b.targets.iter().map(|t| t[0] as usize).collect(),
-                class: b.targets.iter().map(|t| t[1] as usize).collect(),
-                xywhn: b.targets.iter().map(|t| [t[2], t[3], t[4], t[5]]).collect(),
-            };
+            let targets = validate::targets(&b);
             let stop = |what: &str| {
                 let last_good = if files.ckpt.is_file() {
                     format!("The last good state is {} (after epoch {}); `--resume` continues from it.", files.ckpt.display(), meta.epochs_done)

@@ -56,6 +56,15 @@ pub fn ground_truth(ds: &Dataset, images: usize) -> Result<GroundTruth> {
     Ok(GroundTruth::new("<val split>", ids, cats, anns)?)
 }
 
+/// A batch's boxes as the losses' training targets.
+pub fn targets(b: &Batch) -> q2_yolo::Targets {
+    q2_yolo::Targets {
+        image: b.targets.iter().map(|t| t[0] as usize).collect(),
+        class: b.targets.iter().map(|t| t[1] as usize).collect(),
+        xywhn: b.targets.iter().map(|t| [t[2], t[3], t[4], t[5]]).collect(),
+    }
+}
+
 /// (B, 3, H, W) float32 in [0, 1] from a collated u8 batch.
 pub fn images_tensor(b: &Batch, device: &Device) -> Result<Tensor> {
     let t = Tensor::from_slice(&b.images, (b.batch_size, 3, b.height, b.width), device)?;
