@@ -48,6 +48,10 @@ pub struct AdaConfig {
     pub kappa: f64,
     /// T in Ã = sigmoid(S / T); 1 is the paper. Whatever T, a row's max/min stays ≤ 2.
     pub temperature: f64,
+    /// Not in the paper: subtract each channel's spatial mean of S before the sigmoid, so that
+    /// Ã spans (0, 1) and T can sharpen the maps (the paper's maps are nearly flat, PAPER.md §3.2
+    /// item 4). Default off.
+    pub centre: bool,
     pub teacher_delta: TeacherDelta,
     pub r_grad: RGrad,
 }
@@ -60,6 +64,7 @@ impl Default for AdaConfig {
             gamma: 1.0,
             kappa: 1e-3,
             temperature: 1.0,
+            centre: false,
             teacher_delta: TeacherDelta::StudentQuantizer,
             r_grad: RGrad::Ste,
         }

@@ -49,6 +49,7 @@ pub fn ada_level_loss(cfg: &AdaConfig, student: &StudentFeature, teacher: &Tenso
     let detach_r = cfg.r_grad == RGrad::Detach;
     let s_student = saliency_with(xs, xq_s.as_ref(), step.as_deref(), cfg.gamma, cfg.kappa, detach_r)?;
     let s_teacher = saliency_with(&xt, xq_t.as_ref(), step.as_deref(), cfg.gamma, cfg.kappa, true)?.detach();
+    let (s_teacher, s_student) = if cfg.centre { (centre(&s_teacher)?, centre(&s_student)?) } else { (s_teacher, s_student) };
     let p = attention_distribution(&s_teacher, cfg.temperature)?;
     let r = attention_distribution(&s_student, cfg.temperature)?;
     let d = match cfg.divergence {
@@ -56,6 +57,11 @@ pub fn ada_level_loss(cfg: &AdaConfig, student: &StudentFeature, teacher: &Tenso
         Divergence::Kl => kl_divergence(&p, &r)?,
     };
     Ok(d.mean_all()?)
+}
+
+/// S minus its spatial mean per (b, c) (the `centre` option; not in the paper).
+fn centre(s: &Tensor) -> Result<Tensor> {
+    Ok(s.broadcast_sub(&s.mean_keepdim(3)?.mean_keepdim(2)?)?)
 }
 
 /// `weight` · mean over levels of [`ada_level_loss`]; `student[i]` is compared with `teacher[i]`.
@@ -126,6 +132,24 @@ mod tests {
         let cfg = AdaConfig { teacher_delta: TeacherDelta::Zero, ..AdaConfig::default() };
         let l = ada_loss(&cfg, &[StudentFeature { x: &x, quantizer: Some(&*q) }], std::slice::from_ref(&x)).unwrap();
         assert!(scalar(&l) > 0.0);
+    }
+
+    /// The `centre` option: the maps are no longer flat (max/min > 2) and a lower temperature
+    /// sharpens them; identical features still give exactly zero.
+    #[test]
+    fn centring_lets_the_temperature_sharpen() {
+        let x = tensor((1, 2, 6, 6), 3.0, DType::F32);
+        let t = tensor((1, 2, 6, 6), 4.0, DType::F32);
+        let s = crate::saliency(&x, None, None, 1.0, 1e-3).unwrap();
+        let ratio = |temp: f64| {
+            let p = attention_distribution(&centre(&s).unwrap(), temp).unwrap().to_vec3::<f32>().unwrap();
+            p[0].iter().map(|row| row.iter().cloned().fold(0f32, f32::max) / row.iter().cloned().fold(f32::MAX, f32::min)).fold(0f32, f32::max)
+        };
+        assert!(ratio(1.0) > 2.0 && ratio(0.25) > ratio(1.0), "{} {}", ratio(1.0), ratio(0.25));
+        let cfg = AdaConfig { centre: true, temperature: 0.5, ..AdaConfig::default() };
+        let f = StudentFeature { x: &x, quantizer: None };
+        assert_eq!(scalar(&ada_loss(&cfg, &[f], std::slice::from_ref(&x)).unwrap()), 0.0);
+        assert!(scalar(&ada_loss(&cfg, &[f], &[t]).unwrap()) > 0.0);
     }
 
     #[test]
