@@ -420,6 +420,11 @@ pub struct GridArgs {
     /// Also fold the LN of every Q-GBFusion cell (q2 fold, 1 fine-tune epoch).
     #[arg(long)]
     pub fold: bool,
+    /// Start the Q-GBFusion cells (gbf, both) from this checkpoint instead of --weights: an FP
+    /// model fine-tuned with the module (`q2 train --config` with a [gbf] table). Q-ADA's teacher
+    /// stays --weights (or --teacher).
+    #[arg(long, value_name = "FILE")]
+    pub gbf_weights: Option<PathBuf>,
     #[command(flatten)]
     pub q: QatFlags,
 }
@@ -458,6 +463,12 @@ pub fn grid(args: GridArgs) -> Result<()> {
                 let mut c = args.train.resolve_over(&qat_base())?;
                 let q = QatFlags { bits: Some(b), ..args.q.clone() };
                 apply(&mut c, Some(m), Some(v), &q)?;
+                if let (Some(gw), true) = (&args.gbf_weights, v.gbf()) {
+                    if c.ada.is_some() && c.teacher.is_none() {
+                        c.teacher = c.weights.clone();
+                    }
+                    c.weights = Some(gw.clone());
+                }
                 let dir = root.join(format!("{}_w{b}a{b}_{}", m.name(), v.name()));
                 tracing::info!("grid cell {}/{total}: {} W{b}A{b} {}", cells.len() + 1, m.name(), v.name());
                 let files = RunFiles::new(&dir);

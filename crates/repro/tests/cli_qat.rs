@@ -73,6 +73,16 @@ fn qat_with_gbf_and_ada_resumes_bit_identically() {
     assert!(f["head_rel_diff"].as_f64().unwrap().is_finite());
     assert!(f["nodes"][0]["rel_residual_rms"].as_f64().unwrap() >= 0.0);
     assert!(a.join("folded.safetensors").is_file() && a.join("fold.json").is_file());
+    // q2 val builds the quantized, Q-GBFusion model from the run's configuration; the folded
+    // weights (no LN) score as fold.json's fine-tuned number
+    let cfg = a.join("config.toml");
+    let folded = a.join("folded.safetensors");
+    let v: serde_json::Value = serde_json::from_str(&ok(&q2(&[
+        "val", "--config", cfg.to_str().unwrap(), "--weights", folded.to_str().unwrap(), "--data", d, "--img", "64", "--batch", "4", "--max-images", "4", "--json",
+    ])))
+    .unwrap();
+    assert_eq!(v["map50"], f["folded_ft"]["map50"], "{v}");
+    assert_eq!(v["detections"], f["folded_ft"]["detections"], "{v}");
 }
 
 #[test]
@@ -135,4 +145,36 @@ fn bad_qat_input_exits_2_naming_the_problem() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[gbf]\neta = -1.0\n").unwrap();
     status2(&q2(&[vec!["qat", "--config", cfg.to_str().unwrap()], common(d, ws, so), vec!["--quant", "lsq", "--force"]].concat()), "eta");
+}
+
+/// An FP model fine-tuned with Q-GBFusion (`q2 train` with a [gbf] table: Table 8's FP row) is a
+/// starting point whose module is already in place: QAT from it does not insert it again, and
+/// `q2 grid --gbf-weights` starts the Q-GBFusion cells from it with the plain FP teacher.
+#[test]
+fn a_checkpoint_trained_with_the_module_is_not_inserted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, w) = setup(dir.path());
+    let (d, ws) = (data.to_str().unwrap(), w.to_str().unwrap());
+    let cfg = dir.path().join("fp_gbf.toml");
+    std::fs::write(&cfg, "hyp = \"VOC\"\ncos_lr = true\n[gbf]\n").unwrap();
+    let fpg = dir.path().join("fp_gbf");
+    let o = q2(&[vec!["train", "--config", cfg.to_str().unwrap()], common(d, ws, fpg.to_str().unwrap()), vec!["--epochs", "1"]].concat());
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("node 16: inserted"), "{}", String::from_utf8_lossy(&o.stderr));
+    let gw = fpg.join("last.safetensors");
+    let q = dir.path().join("q");
+    let o = q2(&[vec!["qat"], common(d, gw.to_str().unwrap(), q.to_str().unwrap()), vec!["--quant", "lsq", "--variant", "gbf", "--epochs", "1"]].concat());
+    ok(&o);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("inserted"), "{}", String::from_utf8_lossy(&o.stderr));
+    let g = dir.path().join("g");
+    ok(&q2(&[
+        vec!["grid"],
+        common(d, ws, g.to_str().unwrap()),
+        vec!["--epochs", "1", "--methods", "lsq", "--bit-widths", "4", "--variants", "baseline,both", "--gbf-weights", gw.to_str().unwrap()],
+    ]
+    .concat()));
+    let both = std::fs::read_to_string(g.join("lsq_w4a4_both/config.toml")).unwrap();
+    assert!(both.contains(&format!("weights = \"{}\"", gw.display())) && both.contains(&format!("teacher = \"{ws}\"")), "{both}");
+    let base = std::fs::read_to_string(g.join("lsq_w4a4_baseline/config.toml")).unwrap();
+    assert!(base.contains(&format!("weights = \"{ws}\"")), "{base}");
 }

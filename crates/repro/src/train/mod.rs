@@ -256,9 +256,11 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
     let nc = train_ds.names.len();
 
     let (model, nodes) = qat::build(cfg, nc, &device)?;
-    if let Some(w) = &cfg.weights {
-        qat::load_weights(model.as_ref(), &nodes, w)?;
-    }
+    // From scratch nothing is inserted; from a checkpoint, the nodes it has no entries for.
+    let to_insert = match &cfg.weights {
+        Some(w) => qat::load_weights(model.as_ref(), &nodes, w)?,
+        None => vec![],
+    };
     let (ema_model, _) = qat::build(cfg, nc, &device)?;
     let loss = glue::Loss::new(model.as_ref(), &hyp, cfg)?;
     let teacher = match &cfg.ada {
@@ -272,7 +274,7 @@ pub fn run(cfg: &TrainConfig, files: &RunFiles, resume: bool, progress: bool, st
         // From FP weights: Q-GBFusion's calibrated insertion, then the quantizers' initialisation.
         let n = cfg.quant.as_ref().map_or(32, |q| q.calib_images);
         let x = qat::calibration_batch(&train_ds, cfg.img, n, cfg.workers, &device)?;
-        let used = qat::calibrate(model.as_ref(), &nodes, &x, cfg.weights.is_some())?;
+        let used = qat::calibrate(model.as_ref(), &to_insert, &x)?;
         for (node, st) in used {
             tracing::info!("Q-GBFusion node {node}: inserted with μ̄ {:.4}, σ̄ {:.4} ({} locations)", st.mu_bar(), st.sigma_bar(0.0), st.n);
         }

@@ -43,10 +43,14 @@ pub fn build(cfg: &TrainConfig, nc: usize, device: &Device) -> Result<(Box<dyn D
 }
 
 /// Loads `path` into `model`; quantizer parameters and the entries of the fusion nodes may be
-/// missing (an FP checkpoint has neither).
-pub fn load_weights(model: &dyn Detector, nodes: &[Arc<GbfNode>], path: &Path) -> Result<()> {
+/// missing (an FP checkpoint has neither). Returns the nodes the checkpoint has no entries for:
+/// the ones a calibrated insertion still has to place (a checkpoint trained with Q-GBFusion,
+/// e.g. an FP model fine-tuned with the module, already has them).
+pub fn load_weights(model: &dyn Detector, nodes: &[Arc<GbfNode>], path: &Path) -> Result<Vec<Arc<GbfNode>>> {
     let optional: Vec<String> = nodes.iter().map(|n| format!("model.{}.", n.node)).collect();
-    q2_yolo::weights::load_partial(model.store(), path, &optional).map_err(|e| InputError(e.to_string()).into())
+    let names = q2_nn::store::load_tensors(path, &Device::Cpu).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    q2_yolo::weights::load_partial(model.store(), path, &optional).map_err(|e| InputError(e.to_string()))?;
+    Ok(nodes.iter().filter(|n| n.balances() && !names.contains_key(&format!("model.{}.lam", n.node))).cloned().collect())
 }
 
 /// The first `n` training images, letterboxed without augmentation, as one batch.
@@ -63,14 +67,15 @@ pub fn calibration_batch(train: &Dataset, img: usize, n: usize, workers: usize, 
     validate::images_tensor(&b, device)
 }
 
-/// Prepares a model that starts from FP weights: Q-GBFusion's calibrated insertion at each node
-/// in neck order (its LN statistics measured with the nodes before it already inserted), then
-/// every quantizer initialised from the same batch. Returns the statistics used per node.
-pub fn calibrate(model: &dyn Detector, nodes: &[Arc<GbfNode>], x: &Tensor, insert: bool) -> Result<Vec<(usize, q2_fusion::LnStats)>> {
+/// Prepares a model that starts from trained weights: Q-GBFusion's calibrated insertion at each
+/// node of `insert` in neck order (its LN statistics measured with the nodes before it already
+/// inserted), then every quantizer initialised from the same batch. Returns the statistics used
+/// per node.
+pub fn calibrate(model: &dyn Detector, insert: &[Arc<GbfNode>], x: &Tensor) -> Result<Vec<(usize, q2_fusion::LnStats)>> {
     let mut used = vec![];
-    if insert {
+    {
         let consumers = model.fusion_consumers();
-        for node in nodes.iter().filter(|n| n.balances() && n.cfg.ln && n.cfg.init == q2_fusion::gbf::GbfInit::Calibrated) {
+        for node in insert.iter().filter(|n| n.balances() && n.cfg.ln && n.cfg.init == q2_fusion::gbf::GbfInit::Calibrated) {
             node.start_stats()?;
             model.calibrate(x).context("calibration pass")?;
             let stats = node.take_stats()?.ok_or_else(|| anyhow!("node {}: no statistics collected", node.node))?;
