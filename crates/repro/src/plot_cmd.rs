@@ -185,25 +185,27 @@ impl Run {
 /// the run has an `[ada]` table) from a run's `config.toml`.
 pub fn run_label(cfg: &toml::Table) -> std::result::Result<String, String> {
     let model = cfg.get("model").and_then(toml::Value::as_str).ok_or("no `model` string")?;
-    let Some(quant) = cfg.get("quant") else {
-        return Ok(format!("{model} FP"));
-    };
-    let quant = quant.as_table().ok_or("`quant` is not a table")?;
-    let method = quant.get("method").and_then(toml::Value::as_str).unwrap_or("?");
-    let bits = |key: &str| quant.get(key).and_then(toml::Value::as_integer).map_or("?".to_string(), |b| b.to_string());
-    let mut label = format!("{model} W{}A{} {method}", bits("w_bits"), bits("a_bits"));
     let gbf = match cfg.get("gbf") {
         Some(t) => t.get("balance").and_then(toml::Value::as_bool).unwrap_or(true),
         None => false,
     };
     let ada = cfg.get("ada").is_some();
+    let mut label = match cfg.get("quant") {
+        None => format!("{model} FP"),
+        Some(quant) => {
+            let quant = quant.as_table().ok_or("`quant` is not a table")?;
+            let method = quant.get("method").and_then(toml::Value::as_str).unwrap_or("?");
+            let bits = |key: &str| quant.get(key).and_then(toml::Value::as_integer).map_or("?".to_string(), |b| b.to_string());
+            format!("{model} W{}A{} {method}", bits("w_bits"), bits("a_bits"))
+        }
+    };
     if gbf {
         label.push_str(" + Q-GBFusion");
     }
     if ada {
         label.push_str(" + Q-ADA");
     }
-    if !gbf && !ada {
+    if !gbf && !ada && cfg.get("quant").is_some() {
         label.push_str(" baseline");
     }
     Ok(label)
@@ -816,6 +818,7 @@ mod tests {
     fn plot_run_labels() {
         let label = |s: &str| run_label(&toml::from_str(s).unwrap());
         assert_eq!(label("model = \"yolov5n\"").unwrap(), "yolov5n FP");
+        assert_eq!(label("model = \"yolov5n\"\n[gbf]\n").unwrap(), "yolov5n FP + Q-GBFusion");
         let q = "model = \"yolov5n\"\n[quant]\nmethod = \"lsq\"\nw_bits = 4\na_bits = 4\n";
         assert_eq!(label(q).unwrap(), "yolov5n W4A4 lsq baseline");
         assert_eq!(label(&format!("{q}[gbf]\nln = true\n")).unwrap(), "yolov5n W4A4 lsq + Q-GBFusion");

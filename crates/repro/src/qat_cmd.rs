@@ -75,9 +75,10 @@ pub struct QatFlags {
     /// Per-output-channel weight quantizers (LSQ, LSQ+, MinMax).
     #[arg(long)]
     pub per_channel: bool,
-    /// Signed activation grids (LSQ, LSQ+, MinMax).
-    #[arg(long)]
-    pub act_signed: bool,
+    /// Signed activation grids (LSQ, LSQ+, MinMax): `--act-signed` or `--act-signed false`
+    /// (default: signed for LSQ, unsigned otherwise).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub act_signed: Option<bool>,
     /// Images in the calibration batch.
     #[arg(long)]
     pub calib_images: Option<usize>,
@@ -146,7 +147,9 @@ pub fn apply(c: &mut TrainConfig, method: Option<Method>, variant: Option<Varian
         }
         set!(w_bits, a_bits, first_bits, head_bits, calib_images);
         q.per_channel_weights |= f.per_channel;
-        q.act_signed |= f.act_signed;
+        if f.act_signed.is_some() {
+            q.act_signed = f.act_signed;
+        }
     } else if f.bits.is_some() || f.w_bits.is_some() || f.a_bits.is_some() {
         bail!(InputError("--bits needs a quantizer: pass --quant lsq|lsq_plus|pact|n2uq|minmax".into()));
     }
