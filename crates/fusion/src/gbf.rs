@@ -630,6 +630,24 @@ mod tests {
         assert!(e.to_string().contains("tau"), "{e}");
     }
 
+    /// `energy = per_element`: Ḡ holds ‖g_i‖/sqrt(numel_i), so branches of unequal widths with the
+    /// same per-element gradient are balanced; the telemetry's `g` stays raw.
+    #[test]
+    fn per_element_energies_divide_by_the_branch_size() {
+        let mut store = ParamStore::new(Device::Cpu, 0);
+        let cfg = GbfConfig { energy: Energy::PerElement, ln: false, ..GbfConfig::default() };
+        let node = GbfNode::new(18, &[1, 4], &cfg, &mut store.scope("model.18")).unwrap();
+        let a = Var::from_tensor(&branch(1, 7)).unwrap();
+        let b = Var::from_tensor(&branch(4, 8)).unwrap();
+        let y = node.fuse(&[a.as_tensor(), b.as_tensor()], Mode::Train).unwrap();
+        y.sum_all().unwrap().backward().unwrap(); // dL/dF̃_i = α_i everywhere
+        let rec = node.observe().unwrap().unwrap();
+        let (n0, n1) = (2.0 * 1.0 * 12.0, 2.0 * 4.0 * 12.0);
+        assert!((rec.g[0] - 0.5 * f64::sqrt(n0)).abs() < 1e-6 && (rec.g[1] - 0.5 * f64::sqrt(n1)).abs() < 1e-6, "{:?}", rec.g);
+        assert!((rec.gbar[0] - 0.5).abs() < 1e-6 && (rec.gbar[1] - 0.5).abs() < 1e-6, "{:?}", rec.gbar);
+        assert!(rec.e.iter().all(|e| e.abs() < 1e-6));
+    }
+
     #[test]
     fn magnitudes_sample_each_branch() {
         assert_eq!(sampled_channels(&[4, 2]).len(), 6);
