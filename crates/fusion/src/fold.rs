@@ -228,17 +228,26 @@ pub fn fold_node(node: &GbfNode, stats: &LnStats, consumers: &[Consumer]) -> Res
 /// The inverse of folding, used when Q-GBFusion enters a trained model ([`crate::gbf::GbfInit`]):
 /// with the node's input statistics `stats` (of the α-scaled concat h_α), rescales every consumer
 /// so that W'·LN(h_α) ≈ W·h, h the plain concat: weights ×σ̄/α_b(c) per input channel and BatchNorm
-/// running means −Σ_c W_oc·μ̄/α_b(c). Consumers must not have calibrated quantizers yet.
+/// running means −Σ_c W_oc·μ̄/α_b(c). Without the LN (`ln = false`) the weights take 1/α_b(c)
+/// and the node computes exactly what the Concat did. Consumers must not have calibrated
+/// quantizers yet.
 pub fn insert_node(node: &GbfNode, stats: &LnStats, consumers: &[Consumer]) -> Result<()> {
-    if !node.balances() || !node.cfg.ln {
+    if !node.balances() {
+        return Ok(());
+    }
+    let alpha = node.alpha()?;
+    let per_ch: Vec<f64> = node.widths.iter().zip(&alpha).flat_map(|(w, a)| std::iter::repeat_n(1.0 / a, *w)).collect();
+    if !node.cfg.ln {
+        // Without the LN the node only scales branch i by α_i: the consumers undo it exactly.
+        for cons in consumers {
+            rescale_consumer(cons, &per_ch, None)?;
+        }
         return Ok(());
     }
     if stats.n == 0 {
         return Err(FusionError::Invalid(format!("node {}: no statistics for the calibrated insertion", node.node)));
     }
     let (mu, sigma) = (stats.mu_bar(), stats.sigma_bar(node.cfg.ln_eps));
-    let alpha = node.alpha()?;
-    let per_ch: Vec<f64> = node.widths.iter().zip(&alpha).flat_map(|(w, a)| std::iter::repeat_n(1.0 / a, *w)).collect();
     let scale: Vec<f64> = per_ch.iter().map(|p| p * sigma).collect();
     let shift: Vec<f64> = per_ch.iter().map(|p| p * mu).collect();
     for cons in consumers {
@@ -252,6 +261,42 @@ pub fn insert_node(node: &GbfNode, stats: &LnStats, consumers: &[Consumer]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gbf::GbfConfig;
+    use crate::Fusion;
+    use candle_core::Device;
+    use q2_nn::{Feat, Mode, ParamStore};
+    use q2_quant::QConv;
+
+    fn consumer<'a>(c: &'a QConv<5, 3, 1, 1>) -> Consumer<'a> {
+        Consumer { name: "c".into(), weight: &c.conv.weight, act_quant: None, weight_quantized: false, bn: Some((&c.conv.bn.0.running_mean, &c.conv.bn.0.running_var, 1e-3)) }
+    }
+
+    /// The calibrated insertion preserves the function of the plain Concat + consumer: exactly
+    /// without the LN, and with it when every location has the same channel mean and variance
+    /// (then LN is exactly the calibrated affine map).
+    #[test]
+    fn insertion_reproduces_the_concat_it_replaces() {
+        let dev = Device::Cpu;
+        // per location: channel values a permutation of one fixed vector (same μ_h and σ_h everywhere)
+        let base = [0.3f32, 1.7, -0.4, 0.9, 2.2];
+        let vals: Vec<f32> = (0..2 * 5 * 3).map(|i| base[(i / 6 + i % 6) % 5]).collect();
+        let h = Tensor::from_vec(vals, (2, 5, 3, 1), &dev).unwrap().permute((0, 1, 3, 2)).unwrap().contiguous().unwrap();
+        let (a, b) = (h.narrow(1, 0, 3).unwrap(), h.narrow(1, 3, 2).unwrap());
+        for ln in [false, true] {
+            let mut store = ParamStore::new(dev.clone(), 3);
+            let node = GbfNode::new(12, &[3, 2], &GbfConfig { ln, ..GbfConfig::default() }, &mut store.scope("n")).unwrap();
+            let conv: QConv<5, 3, 1, 1> = QConv::new(&mut store.scope("c"), &Default::default()).unwrap();
+            let want = conv.forward(&Feat::new(h.clone()).unwrap(), Mode::Eval).unwrap().tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            node.start_stats().unwrap();
+            node.fuse(&[&a, &b], Mode::Eval).unwrap();
+            let st = node.take_stats().unwrap().unwrap();
+            insert_node(&node, &st, &[consumer(&conv)]).unwrap();
+            let y = node.fuse(&[&a, &b], Mode::Eval).unwrap();
+            let got = conv.forward(&Feat::new(y).unwrap(), Mode::Eval).unwrap().tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let d = want.iter().zip(&got).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(d < 1e-4, "ln {ln}: {d}");
+        }
+    }
 
     #[test]
     fn residual_norm_matches_the_definition() {

@@ -75,7 +75,7 @@ pub fn calibrate(model: &dyn Detector, insert: &[Arc<GbfNode>], x: &Tensor) -> R
     let mut used = vec![];
     {
         let consumers = model.fusion_consumers();
-        for node in insert.iter().filter(|n| n.balances() && n.cfg.ln && n.cfg.init == q2_fusion::gbf::GbfInit::Calibrated) {
+        for node in insert.iter().filter(|n| n.balances() && n.cfg.init == q2_fusion::gbf::GbfInit::Calibrated) {
             node.start_stats()?;
             model.calibrate(x).context("calibration pass")?;
             let stats = node.take_stats()?.ok_or_else(|| anyhow!("node {}: no statistics collected", node.node))?;
