@@ -1,7 +1,7 @@
 # q2 tasks: thin wrappers over cargo and the q2 CLI.
 
 # The main job: synthetic benchmark → FP YOLOv5n → W4A4 LSQ/N2UQ × {baseline, +GBF, +ADA, +both}
-# with LN folding → the gradient-imbalance figures (scripts/reproduce.sh; ~30 min on 2 cores).
+# with LN folding → the gradient-imbalance figures (scripts/reproduce.sh; 30 min on 2 cores plus the build).
 reproduce out="runs/reproduce":
     bash scripts/reproduce.sh {{out}}
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the embedded synthetic benchmark (2 CPU cores: about 35 minutes plus the build):
+# The main job on the embedded synthetic benchmark (2 CPU cores: 30 minutes plus the build, measured):
 #   1. q2 synth: 500 images (400 train / 100 val), 12 shape classes;
 #   2. q2 train: a full-precision YOLOv5n from scratch (30 epochs), then two FP fine-tunes with the
 #      QAT recipe (5 epochs each): plain (with gradient taps: the FP imbalance reference) and with
