@@ -76,10 +76,15 @@ pub fn calibrate(model: &dyn Detector, insert: &[Arc<GbfNode>], x: &Tensor) -> R
     {
         let consumers = model.fusion_consumers();
         for node in insert.iter().filter(|n| n.balances() && n.cfg.init == q2_fusion::gbf::GbfInit::Calibrated) {
+            let cons = &consumers.iter().find(|(i, _)| *i == node.node).ok_or_else(|| anyhow!("{}: no consumers known for fusion node {}", model.name(), node.node))?.1;
+            if !node.cfg.ln {
+                // without the LN the insertion only undoes α: no statistics, no calibration pass
+                q2_fusion::insert_node(node, &q2_fusion::LnStats::default(), cons)?;
+                continue;
+            }
             node.start_stats()?;
             model.calibrate(x).context("calibration pass")?;
             let stats = node.take_stats()?.ok_or_else(|| anyhow!("node {}: no statistics collected", node.node))?;
-            let cons = &consumers.iter().find(|(i, _)| *i == node.node).ok_or_else(|| anyhow!("{}: no consumers known for fusion node {}", model.name(), node.node))?.1;
             q2_fusion::insert_node(node, &stats, cons)?;
             used.push((node.node, stats));
         }
